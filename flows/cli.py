@@ -1,0 +1,162 @@
+"""`ragtune` command line: run the pipeline or one stage, ask the champion, serve schedules, open the UI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tasks.offline import enable_offline_mode
+
+enable_offline_mode()
+
+app = typer.Typer(help="ragtune: finetune an SLM, use RAG, or both? Measured on your data, tracked in MLflow.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="YAML config (see configs/).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key, e.g. finetune.epochs=2.")]
+DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data path (dir, SQuAD .json or HF dir).")]
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from tasks.data_loading import DataLoadError
+    from tasks.models import ModelSourceError
+    from tasks.settings import ConfigError
+    from tasks.validation import DataValidationError
+
+    return ConfigError, DataLoadError, DataValidationError, ModelSourceError, FileNotFoundError
+
+
+def _run(fn, *args, **kwargs):
+    """Call a flow; turn expected user errors into a readable message and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _user_errors() as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Run the whole retraining pipeline and print the candidate table and the champion decision."""
+    import pandas as pd
+
+    from flows.report import print_comparison
+    from flows.retrain import retrain_flow
+
+    result = _run(retrain_flow, config=config, overrides=set_ or [], data=data)
+    print_comparison(pd.DataFrame(result.comparison), console)
+    for reason in result.decision.reasons:
+        console.print(f"• {reason}")
+    console.print(f"MLflow parent run: {result.run_id}  (data fingerprint {result.fingerprint})")
+
+
+@app.command()
+def validate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Validate the data with the Great Expectations suites."""
+    from flows.stage_flows import validate_flow
+
+    report = _run(validate_flow, config=config, overrides=set_ or [], data=data)
+    console.print(report.to_markdown())
+
+
+@app.command()
+def index(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Build (or reuse) the FAISS index for the current data and make it current."""
+    from flows.stage_flows import index_flow
+
+    build = _run(index_flow, config=config, overrides=set_ or [], data=data)
+    console.print(f"index {build.version}: {build.num_chunks} chunks at {build.path}"
+                  f" ({'reused' if build.reused else 'built'})")
+
+
+@app.command()
+def finetune(mode: Annotated[str, typer.Option(help="closed_book or raft.")] = "closed_book",
+             config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Train (or reuse) a LoRA adapter."""
+    from flows.stage_flows import finetune_flow
+
+    if mode not in ("closed_book", "raft"):
+        raise typer.BadParameter("mode must be closed_book or raft")
+    result = _run(finetune_flow, mode=mode, config=config, overrides=set_ or [], data=data)
+    console.print(f"adapter {result.adapter_dir}: eval loss {result.eval_loss:.3f}, perplexity {result.perplexity:.2f}")
+
+
+@app.command()
+def evaluate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Evaluate the configured candidates on the test split (no promotion)."""
+    import pandas as pd
+
+    from flows.report import print_comparison
+    from flows.stage_flows import evaluate_flow
+
+    print_comparison(pd.DataFrame(_run(evaluate_flow, config=config, overrides=set_ or [], data=data)), console)
+
+
+@app.command()
+def promote(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Evaluate the candidates and apply the champion policy to the registry."""
+    from flows.stage_flows import evaluate_flow
+
+    decision = _run(evaluate_flow, config=config, overrides=set_ or [], data=data, promote=True)
+    for reason in decision.reasons:
+        console.print(f"• {reason}")
+
+
+@app.command()
+def ask(question: str, config: ConfigOpt = DEFAULT_CONFIG,
+        alias: Annotated[str, typer.Option(help="Registry alias to load.")] = "champion") -> None:
+    """Answer a question with the registered model (default: the champion)."""
+    import json
+
+    import mlflow
+
+    from flows.retrain import prepare
+
+    cfg = _run(prepare, config, [], None)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@{alias}")
+    row = model.predict({"question": question}).iloc[0]
+    console.print(f"[bold]{row['answer']}[/]")
+    console.print(f"sources: {', '.join(json.loads(row['sources'])) or '(closed book)'}  ({row['latency_ms']:.0f} ms)")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the deployments of prefect.yaml with their schedules (needs `prefect server start`)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[yellow]PREFECT_API_URL is not set: schedules fire only with a running Prefect server "
+                      "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api).[/]")
+    from prefect import serve as prefect_serve
+
+    from flows.retrain import retrain_flow
+    from flows.stage_flows import evaluate_flow, index_flow
+
+    prefect_serve(
+        retrain_flow.to_deployment(name="nightly-retrain", cron="0 2 * * *",
+                                   parameters={"config": DEFAULT_CONFIG}),
+        index_flow.to_deployment(name="index-refresh", cron="0 */6 * * *", parameters={"config": DEFAULT_CONFIG}),
+        evaluate_flow.to_deployment(name="on-demand-evaluation", parameters={"config": DEFAULT_CONFIG}),
+    )
+
+
+@app.command()
+def ui(config: ConfigOpt = DEFAULT_CONFIG, port: int = 5000) -> None:
+    """Open the MLflow UI on 127.0.0.1 for this project's store."""
+    import mlflow
+
+    from flows.retrain import prepare
+
+    _run(prepare, config, [], None)
+    uri = mlflow.get_tracking_uri()
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                    "--port", str(port)], check=False)
+
+
+def main() -> None:
+    app()

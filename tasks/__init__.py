@@ -1,0 +1,1 @@
+"""ragtune stages: each module holds one stage's logic, usable without Prefect."""

@@ -1,0 +1,147 @@
+"""The real composite flow on the CI config: real Prefect runs, real MLflow store and registry,
+real FAISS index, real SmolLM2 and MiniLM weights, on a slice of the demo data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT, write_jsonl
+
+pytestmark = pytest.mark.integration
+STAGE_RUNS = {"validate", "index", "finetune-closed_book", "finetune-raft", "candidate-base", "candidate-finetuned",
+              "candidate-rag", "candidate-hybrid", "promote"}
+CANDIDATE_METRICS = {"exact_match", "f1", "exact_match_ci_low", "f1_ci_high", "string_similarity", "rouge", "bleu",
+                     "semantic_similarity", "groundedness", "hallucination_rate", "latency_p50_ms", "latency_p95_ms",
+                     "tokens_per_query", "cost_per_1k_queries"}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pipeline")
+
+
+def overrides(workdir: Path, data: Path | None = None) -> list[str]:
+    return [
+        f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db", f"mlflow.artifact_location={workdir}/artifacts",
+        f"index.root={workdir}/index", f"finetune.output_root={workdir}/adapters",
+        f"model_cache={ROOT / '.cache' / 'models'}", f"data.path={data or ROOT / 'data' / 'demo'}",
+    ]
+
+
+def client_for(workdir: Path) -> MlflowClient:
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _runs(client: MlflowClient, experiment: str, parent_id: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.fixture(scope="module")
+def first_run(harness, workdir, monkeypatch_module):
+    from flows.retrain import retrain_flow
+
+    return retrain_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides(workdir))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.chdir(ROOT)
+    yield mp
+    mp.undo()
+
+
+def test_pipeline_logs_stages_metrics_artifacts_and_registers_champion(first_run, workdir):
+    client = client_for(workdir)
+    parent = client.get_run(first_run.run_id)
+    assert parent.data.tags["data_fingerprint"] == first_run.fingerprint
+    children = {r.info.run_name: r for r in _runs(client, "ragtune-ci", first_run.run_id)}
+    assert set(children) >= STAGE_RUNS
+    for name in ("candidate-base", "candidate-finetuned", "candidate-rag", "candidate-hybrid"):
+        assert set(children[name].data.metrics) >= CANDIDATE_METRICS, name
+    for name in ("candidate-rag", "candidate-hybrid"):
+        assert {"recall_at_k", "mrr", "context_precision", "context_recall"} <= set(children[name].data.metrics)
+    assert {"eval_loss", "perplexity"} <= set(children["finetune-raft"].data.metrics)
+    assert len(client.get_metric_history(children["finetune-raft"].info.run_id, "train_loss")) == 3
+
+    top_level = {a.path for a in client.list_artifacts(first_run.run_id)}
+    assert {"comparison.md", "config.yaml", "plots", "tables"} <= top_level
+    assert "tables/comparison.csv" in {a.path for a in client.list_artifacts(first_run.run_id, "tables")}
+    plots = {a.path for a in client.list_artifacts(first_run.run_id, "plots")}
+    assert {"plots/comparison.png", "plots/latency.png"} <= plots
+    assert {a.path for a in client.list_artifacts(children["validate"].info.run_id, "validation")} >= {
+        "validation/report.md", "validation/result.json"}
+    table = client.download_artifacts(children["candidate-hybrid"].info.run_id, "tables/per_question_hybrid.csv",
+                                      str(workdir))
+    header = Path(table).read_text().splitlines()[0]
+    for column in ("question", "gold", "prediction", "retrieved_doc_ids", "f1"):
+        assert column in header
+
+    assert first_run.decision.promote
+    champion = client.get_model_version_by_alias("ragtune-ci", "champion")
+    assert champion.tags["candidate"] == first_run.decision.challenger
+    assert champion.tags["data_fingerprint"] == first_run.fingerprint
+    assert {"index_version", "base_model", "adapter_run"} <= set(champion.tags)
+
+
+def test_registered_champion_answers_a_question(first_run, workdir):
+    import mlflow
+
+    mlflow.set_registry_uri(f"sqlite:///{workdir}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/ragtune-ci@champion")
+    out = model.predict({"question": "How many people did Brightwater Instruments employ as of January 2026?"})
+    assert list(out.columns) == ["answer", "sources", "latency_ms"]
+    assert isinstance(out.iloc[0]["answer"], str)
+    assert isinstance(json.loads(out.iloc[0]["sources"]), list)
+
+
+def test_second_run_within_margin_keeps_champion(first_run, workdir):
+    from flows.retrain import retrain_flow
+
+    client = client_for(workdir)
+    before = client.get_model_version_by_alias("ragtune-ci", "champion").version
+    second = retrain_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides(workdir))
+    assert not second.decision.promote
+    assert any("champion stays" in r for r in second.decision.reasons)
+    assert client.get_model_version_by_alias("ragtune-ci", "champion").version == before
+    assert client.get_model_version_by_alias("ragtune-ci", "challenger").version != before
+    promote_run = next(r for r in _runs(client, "ragtune-ci", second.run_id) if r.info.run_name == "promote")
+    decision_md = Path(client.download_artifacts(promote_run.info.run_id, "decision.md", str(workdir))).read_text()
+    assert "keep the current champion" in decision_md
+
+
+def test_broken_data_stops_at_validation(harness, monkeypatch_module, tmp_path):
+    from flows.retrain import retrain_flow
+    from tasks.validation import DataValidationError
+
+    data = tmp_path / "broken"
+    shutil.copytree(ROOT / "data" / "demo", data)
+    qa = [json.loads(line) for line in (data / "qa.jsonl").read_text().splitlines()]
+    qa[0]["answer"] = ["an answer that is in no document"]
+    write_jsonl(data / "qa.jsonl", qa)
+    workdir = tmp_path / "work"
+    with pytest.raises(DataValidationError, match=qa[0]["qa_id"]):
+        retrain_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides(workdir, data))
+    client = client_for(workdir)
+    exp = client.get_experiment_by_name("ragtune-ci")
+    names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
+    assert "validate" in names
+    assert not names & {"index", "finetune-closed_book", "finetune-raft", "promote"}
+    assert not (workdir / "adapters").exists() and not (workdir / "index").exists()
+    assert client.search_model_versions("name = 'ragtune-ci'") == []
