@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.metrics import normalize_answer
 from tasks.settings import SPLITS, DataConfig
 
 DOC_COLUMNS = ["doc_id", "title", "text", "source", "updated_at"]
@@ -176,7 +177,8 @@ def squad_to_tables(payload: dict[str, Any], path: Path | str, cfg: DataConfig) 
                     raise DataLoadError(f"{where}: needs 'question' and a non-empty 'answers' list")
                 answers = list(dict.fromkeys(str(ans["text"]) for ans in qa["answers"]))
                 qa_id = str(qa.get("id", f"{doc_id}-q{q_idx}"))
-                split_key = qa_id if cfg.split_by == "question" else doc_id
+                # Keyed by the normalised question, so a question repeated elsewhere lands in the same split.
+                split_key = normalize_answer(qa["question"]) if cfg.split_by == "question" else doc_id
                 qas.append({
                     "qa_id": qa_id, "question": qa["question"], "answer": answers, "doc_id": doc_id,
                     "split": assign_split(f"split:{split_key}", cfg.split_fractions),

@@ -1,26 +1,40 @@
 """Validate stage: Great Expectations suites over the normalised tables (ephemeral context, offline).
 
-Cross-table rules (gold doc exists, answer occurs in its document, train/test leakage, split
-shares) are computed as helper columns and then checked by ordinary expectations, so every
-rule is a real GE expectation with counts and examples in the result.
+Three suites run in one ephemeral GX context: "documents", "qa" and "splits". Cross-table rules
+(gold document exists, answer occurs in its document, train/test leakage, split shares) are
+computed as helper columns on copies of the tables and then checked by ordinary expectations, so
+every rule is a real GX expectation with counts and record ids in the result. Each row carries its
+id (and a `row` position) as `unexpected_index_column_names`, so examples name the record.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.metrics import normalize_answer
 from tasks.settings import SPLITS, ValidationConfig
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Great Expectations reads this at import; it is imported lazily (below), always after this line.
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+
+ROW = "row"  # helper column: 0-based position of the record in its input table
+DOC_COLUMNS = ("doc_id", "title", "text")
+QA_COLUMNS = ("qa_id", "question", "answer", "doc_id", "split")
+OPTIONAL_DOC_COLUMNS = ("source", "updated_at")
+_FUZZ_BLOCK = 4_000_000  # similarity-matrix cells computed at once (float64: 32 MB)
 
 
 @dataclass(frozen=True)
 class ExpectationFailure:
+    """One failed expectation: which rule, how many records break it, and readable examples."""
+
     table: str
     expectation: str
     column: str | None
@@ -31,6 +45,8 @@ class ExpectationFailure:
 
 @dataclass
 class ValidationReport:
+    """Outcome of all suites for one data source; `results` holds the full GX results (JSON)."""
+
     source: str
     success: bool
     failures: list[ExpectationFailure] = field(default_factory=list)
@@ -38,199 +54,364 @@ class ValidationReport:
     statistics: dict[str, Any] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
+        """A readable report: header, pass/fail, counts and a table of failing expectations."""
         status = "PASSED" if self.success else "FAILED"
-        lines = [f"# Data validation {status}: {self.source}", ""]
-        lines += [f"- {k}: {v}" for k, v in self.statistics.items()]
+        lines = [f"# Data validation {status}: `{self.source}`", ""]
+        for key, value in self.statistics.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            lines.append(f"- {key.replace('_', ' ')}: {value}")
         if self.failures:
-            lines += ["", "| table | rule | expectation | failing | examples |", "|---|---|---|---|---|"]
+            lines += ["", "| table | rule | expectation | column | failing | examples |",
+                      "|---|---|---|---|---|---|"]
             for f in self.failures:
-                examples = "<br>".join(e.replace("|", "\\|") for e in f.examples)
-                lines.append(f"| {f.table} | {f.rule} | `{f.expectation}` | {f.unexpected_count} | {examples} |")
+                examples = "<br>".join(_md_cell(e) for e in f.examples) or "-"
+                lines.append(f"| {f.table} | {_md_cell(f.rule)} | `{f.expectation}` | {f.column or '-'} "
+                             f"| {f.unexpected_count} | {examples} |")
+        else:
+            lines += ["", "All expectations passed."]
         return "\n".join(lines) + "\n"
 
 
 class DataValidationError(Exception):
-    """A validation suite failed; the message lists every failing rule with examples."""
+    """Raised when a suite fails; str() lists every failing rule with examples and names the source path."""
 
     def __init__(self, report: ValidationReport):
         self.report = report
         lines = [f"data validation failed for {report.source}: {len(report.failures)} rule(s) broken"]
         for f in report.failures:
-            lines.append(f"  [{f.table}] {f.rule} ({f.unexpected_count} failing; {f.expectation})")
+            where = f"{f.table}.{f.column}" if f.column else f.table
+            lines.append(f"  - [{where}] {f.rule}: {f.unexpected_count} failing ({f.expectation})")
             lines += [f"      {e}" for e in f.examples]
         super().__init__("\n".join(lines))
 
 
+# --------------------------------------------------------------------------------------------- rules
+
+Explain = Callable[[pd.Series], str]  # failing row -> reason (after "<id>=<value>: ")
+
+
 @dataclass(frozen=True)
 class _Rule:
-    expectation: Any
+    expectation: Any  # a great_expectations Expectation
     rule: str
-    describe: Any = None  # callable(row) -> str for examples; default: id and value
+    explain: Explain | None = None
+
+    @property
+    def column(self) -> str | None:
+        return getattr(self.expectation, "column", None)
+
+
+def _gx() -> Any:
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    import great_expectations as gx
+
+    return gx
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value.item() if hasattr(value, "item") else value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def _lengths(series: pd.Series) -> pd.Series:
-    return series.map(lambda v: len(v) if isinstance(v, str) else 0)
+def _plural(word: str, n: int) -> str:
+    return word if n == 1 else f"{word}s"
 
 
-def _qa_frame(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationConfig) -> pd.DataFrame:
-    """QA copy with helper columns for the cross-table rules."""
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _chars(value: Any) -> float:
+    """Length of a string; NaN for missing or non-string values (reported by the null/type rules)."""
+    return float(len(value)) if isinstance(value, str) else math.nan
+
+
+def _answers(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [a for a in value if isinstance(a, str)]
+    return []
+
+
+def _schema_rules(gx: Any, frame: pd.DataFrame, required: tuple[str, ...], types: dict[str, str]) -> list[_Rule]:
+    E = gx.expectations
+    rules = [_Rule(E.ExpectColumnToExist(column=c), f"column '{c}' exists") for c in required]
+    rules += [_Rule(E.ExpectColumnValuesToNotBeNull(column=c), f"{c} is present (not null)") for c in required]
+    rules += [_Rule(E.ExpectColumnValuesToBeOfType(column=c, type_=t), f"{c} values are of type {t}")
+              for c, t in types.items() if c in required or c in frame.columns]
+    return rules
+
+
+def _doc_rules(gx: Any, docs: pd.DataFrame, cfg: ValidationConfig) -> list[_Rule]:
+    E = gx.expectations
+    low, high = cfg.doc_chars
+    types = {"doc_id": "str", "title": "str", "text": "str", **{c: "str" for c in OPTIONAL_DOC_COLUMNS}}
+    return [
+        *_schema_rules(gx, docs, DOC_COLUMNS, types),
+        _Rule(E.ExpectColumnValuesToBeUnique(column="doc_id"), "doc_id is unique",
+              lambda r: f"duplicated (row {r[ROW]})"),
+        _Rule(E.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"), "document text is not empty",
+              lambda r: f"text is empty ({_short(r['text'])})"),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="text_chars", min_value=low, max_value=high),
+              f"document text length within [{low}, {high}] characters",
+              lambda r: f"text has {int(r['text_chars'])} characters"),
+    ]
+
+
+def _qa_rules(gx: Any, qa: pd.DataFrame, cfg: ValidationConfig, doc_ids: list[str],
+              train_questions: list[str]) -> list[_Rule]:
+    E = gx.expectations
+    q_low, q_high = cfg.question_chars
+    a_low, a_high = cfg.answer_chars
+    types = {"qa_id": "str", "question": "str", "answer": "list", "doc_id": "str", "split": "str"}
+    return [
+        *_schema_rules(gx, qa, QA_COLUMNS, types),
+        _Rule(E.ExpectColumnValuesToBeUnique(column="qa_id"), "qa_id is unique",
+              lambda r: f"duplicated (row {r[ROW]})"),
+        _Rule(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+              f"split is one of {', '.join(SPLITS)}", lambda r: f"split {_short(r['split'])}"),
+        _Rule(E.ExpectColumnValuesToNotMatchRegex(column="question", regex=r"^\s*$"), "question is not empty",
+              lambda r: f"question is empty ({_short(r['question'])})"),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="question_chars", min_value=q_low, max_value=q_high),
+              f"question length within [{q_low}, {q_high}] characters",
+              lambda r: f"question {_short(r['question'], 60)} has {int(r['question_chars'])} characters"),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="answer_count", min_value=1), "answer list is not empty",
+              lambda r: f"no accepted answer ({_short(r['answer'])})"),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="answer_chars_min", min_value=a_low),
+              f"every answer has at least {a_low} character(s)",
+              lambda r: f"answer {_short(min(_answers(r['answer']), key=len))} is too short"),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="answer_chars_max", max_value=a_high),
+              f"every answer has at most {a_high} characters",
+              lambda r: f"answer of {int(r['answer_chars_max'])} characters"),
+        _Rule(E.ExpectColumnValuesToBeInSet(column="doc_id", value_set=doc_ids), "every QA doc_id exists in documents",
+              lambda r: f"doc_id {_short(r['doc_id'])} not in documents"),
+        _Rule(E.ExpectColumnValuesToBeInSet(column="answer_in_gold_doc", value_set=[True]),
+              "the gold answer occurs in its gold document (normalised)",
+              lambda r: f"{_plural('answer', len(_answers(r['answer'])))} "
+                        f"{', '.join(map(repr, _answers(r['answer'])))} not in doc {r['doc_id']}"),
+        _Rule(E.ExpectColumnValuesToNotBeInSet(column="test_question_normalised", value_set=train_questions),
+              "no test question also appears in train (exact, normalised)",
+              lambda r: f"test question {_short(r['question'], 60)} is also train qa_id={r['train_duplicate_of']}"),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="train_similarity", max_value=cfg.near_duplicate_ratio,
+                                              strict_max=True),
+              f"no test question near-duplicates a train question (similarity < {cfg.near_duplicate_ratio})",
+              lambda r: f"test question {_short(r['question'], 60)} ~ train qa_id={r['closest_train_qa_id']} "
+                        f"{_short(r['closest_train_question'], 60)} (similarity {r['train_similarity']:.2f})"),
+    ]
+
+
+def _split_rules(gx: Any, cfg: ValidationConfig, counts: dict[str, int]) -> list[_Rule]:
+    total = sum(counts.values())
+
+    def explain(split: str, low: float, high: float) -> Explain:
+        return lambda r: (f"{split} share is {r[f'{split}_share']:.3f} ({counts.get(split, 0)} of {total} QA pairs), "
+                          f"allowed [{low}, {high}]")
+
+    return [_Rule(gx.expectations.ExpectColumnValuesToBeBetween(column=f"{s}_share", min_value=lo, max_value=hi),
+                  f"{s} share of QA pairs within [{lo}, {hi}]", explain(s, lo, hi))
+            for s, (lo, hi) in cfg.split_bounds.items()]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _doc_frame(documents: pd.DataFrame) -> pd.DataFrame:
+    docs = documents.reset_index(drop=True)
+    docs[ROW] = range(len(docs))
+    if "text" in docs:
+        docs["text_chars"] = docs["text"].map(_chars).astype(float)
+    return docs
+
+
+def _near_duplicates(test_q: list[str], train_q: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For each test question: best fuzz.ratio/100 against the train questions, and its index."""
     from rapidfuzz import fuzz, process
 
-    doc_text = dict(zip(documents["doc_id"], documents["text"], strict=False))
-    frame = qa.copy()
-    answers = frame["answer"].map(lambda a: [x for x in a if isinstance(x, str)] if isinstance(a, list) else [])
-    frame["answer_count"] = answers.map(len)
-    frame["shortest_answer_chars"] = answers.map(lambda a: min((len(x) for x in a), default=0))
-    frame["longest_answer_chars"] = answers.map(lambda a: max((len(x) for x in a), default=0))
-    frame["question_chars"] = _lengths(frame["question"])
-    norm_docs = {d: normalize_answer(t) for d, t in doc_text.items() if isinstance(t, str)}
-    frame["answer_in_gold_doc"] = [
-        any(normalize_answer(a) and normalize_answer(a) in norm_docs.get(d, "") for a in ans)
-        for ans, d in zip(answers, frame["doc_id"], strict=True)
-    ]
-    norm_q = frame["question"].map(lambda q: normalize_answer(q) if isinstance(q, str) else "")
-    train_q = norm_q[frame["split"] == "train"].tolist()
-    similarity = [0.0] * len(frame)
-    closest = [""] * len(frame)
-    if train_q:
-        for i in frame.index[frame["split"] == "test"]:
-            match = process.extractOne(norm_q[i], train_q, scorer=fuzz.ratio)
-            similarity[frame.index.get_loc(i)] = match[1] / 100
-            closest[frame.index.get_loc(i)] = match[0]
-    frame["max_train_similarity"] = similarity
-    frame["closest_train_question"] = closest
+    best = np.zeros(len(test_q))
+    where = np.zeros(len(test_q), dtype=int)
+    block = max(1, _FUZZ_BLOCK // max(1, len(train_q)))
+    for start in range(0, len(test_q), block):
+        scores = process.cdist(test_q[start:start + block], train_q, scorer=fuzz.ratio, dtype=np.float64, workers=-1)
+        where[start:start + block] = scores.argmax(axis=1)
+        best[start:start + block] = scores.max(axis=1) / 100
+    return best, where
+
+
+def _qa_frame(documents: pd.DataFrame, qa: pd.DataFrame) -> pd.DataFrame:
+    """QA copy with helper columns for the length and cross-table rules."""
+    frame = qa.reset_index(drop=True)
+    frame[ROW] = range(len(frame))
+    if "question" in frame:
+        frame["question_chars"] = frame["question"].map(_chars).astype(float)
+    if "answer" in frame:
+        answers = frame["answer"].map(_answers)
+        frame["answer_count"] = answers.map(len)
+        frame["answer_chars_min"] = answers.map(lambda a: min(map(len, a)) if a else math.nan).astype(float)
+        frame["answer_chars_max"] = answers.map(lambda a: max(map(len, a)) if a else math.nan).astype(float)
+        if "doc_id" in frame and {"doc_id", "text"} <= set(documents.columns):
+            norm_docs = {d: normalize_answer(t) for d, t in zip(documents["doc_id"], documents["text"], strict=True)
+                         if isinstance(t, str)}
+
+            def occurs(ans: list[str], doc_id: Any) -> bool | None:
+                if not ans or doc_id not in norm_docs:
+                    return None  # reported by the answer-count / doc_id rules
+                return any((n := normalize_answer(a)) and n in norm_docs[doc_id] for a in ans)
+
+            frame["answer_in_gold_doc"] = pd.Series(
+                [occurs(a, d) for a, d in zip(answers, frame["doc_id"], strict=True)], dtype=object)
+    if {"question", "split"} <= set(frame.columns):
+        _add_leakage_columns(frame)
     return frame
 
 
-def _doc_rules(cfg: ValidationConfig) -> list[_Rule]:
-    import great_expectations as gx
-
-    low, high = cfg.doc_chars
-    return [
-        *[_Rule(gx.expectations.ExpectColumnToExist(column=c), f"column '{c}' exists")
-          for c in ("doc_id", "title", "text")],
-        _Rule(gx.expectations.ExpectColumnValuesToNotBeNull(column="doc_id"), "doc_id is present"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeUnique(column="doc_id"), "doc_id is unique"),
-        _Rule(gx.expectations.ExpectColumnValuesToNotBeNull(column="text"), "text is present"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column="text_chars", min_value=max(1, low),
-                                                            max_value=high),
-              f"document text length within [{max(1, low)}, {high}] characters"),
-    ]
-
-
-def _qa_rules(cfg: ValidationConfig, doc_ids: list[str]) -> list[_Rule]:
-    import great_expectations as gx
-
-    q_low, q_high = cfg.question_chars
-    a_low, a_high = cfg.answer_chars
-    return [
-        *[_Rule(gx.expectations.ExpectColumnToExist(column=c), f"column '{c}' exists")
-          for c in ("qa_id", "question", "answer", "doc_id", "split")],
-        _Rule(gx.expectations.ExpectColumnValuesToNotBeNull(column="qa_id"), "qa_id is present"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeUnique(column="qa_id"), "qa_id is unique"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-              f"split is one of {list(SPLITS)}"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column="question_chars", min_value=q_low,
-                                                            max_value=q_high),
-              f"question length within [{q_low}, {q_high}] characters"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column="answer_count", min_value=1),
-              "at least one accepted answer"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column="shortest_answer_chars", min_value=a_low),
-              f"every answer has at least {a_low} character(s)"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column="longest_answer_chars", max_value=a_high),
-              f"every answer has at most {a_high} characters"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeInSet(column="doc_id", value_set=doc_ids),
-              "every QA doc_id exists in documents", lambda r: f"qa_id={r['qa_id']}: doc_id {r['doc_id']!r} unknown"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeInSet(column="answer_in_gold_doc", value_set=[True]),
-              "the gold answer occurs in its gold document (normalised)",
-              lambda r: f"qa_id={r['qa_id']}: answer {r['answer']!r} not in doc {r['doc_id']}"),
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column="max_train_similarity",
-                                                            max_value=cfg.near_duplicate_ratio, strict_max=True),
-              f"no test question duplicates a train question (similarity < {cfg.near_duplicate_ratio})",
-              lambda r: f"qa_id={r['qa_id']}: {r['question']!r} ~ train {r['closest_train_question']!r} "
-                        f"({r['max_train_similarity']:.2f})"),
-    ]
+def _add_leakage_columns(frame: pd.DataFrame) -> None:
+    norm = frame["question"].map(lambda q: normalize_answer(q) if isinstance(q, str) else "")
+    ids = frame["qa_id"] if "qa_id" in frame else frame[ROW]
+    train = (frame["split"] == "train") & (norm != "")
+    test = (frame["split"] == "test") & (norm != "")
+    train_first: dict[str, Any] = {}
+    for q, i in zip(norm[train], ids[train], strict=True):
+        train_first.setdefault(q, i)
+    exact = test & norm.isin(train_first)
+    frame["test_question_normalised"] = pd.Series(np.where(test, norm, None), dtype=object)
+    frame["train_duplicate_of"] = pd.Series([train_first.get(q) if e else None for q, e in zip(norm, exact,
+                                                                                               strict=True)],
+                                            dtype=object)
+    similarity = np.full(len(frame), np.nan)
+    closest_id = np.full(len(frame), None, dtype=object)
+    closest_q = np.full(len(frame), None, dtype=object)
+    near = test & ~exact
+    train_q, train_ids = norm[train].tolist(), ids[train].tolist()
+    train_raw = frame.loc[train, "question"].tolist()
+    if near.any() and train_q:
+        best, where = _near_duplicates(norm[near].tolist(), train_q)
+        positions = np.flatnonzero(near.to_numpy())
+        similarity[positions] = best
+        closest_id[positions] = [train_ids[w] for w in where]
+        closest_q[positions] = [train_raw[w] for w in where]
+    frame["train_similarity"] = similarity
+    frame["closest_train_qa_id"] = closest_id
+    frame["closest_train_question"] = closest_q
 
 
-def _split_rules(cfg: ValidationConfig) -> list[_Rule]:
-    import great_expectations as gx
+def _strict_json(value: Any) -> Any:
+    """GX results with NaN/inf replaced by None, so they are strict JSON."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
-    return [
-        _Rule(gx.expectations.ExpectColumnValuesToBeBetween(column=f"{s}_share", min_value=lo, max_value=hi),
-              f"{s} share within [{lo}, {hi}]", lambda r, s=s: f"{s} share is {r[f'{s}_share']:.3f}")
-        for s, (lo, hi) in cfg.split_bounds.items()
-    ]
+
+# ------------------------------------------------------------------------------------------- suites
+
+def _context(gx: Any) -> Any:
+    context = gx.get_context(mode="ephemeral")
+    try:  # supported switch for GX's tqdm "Calculating Metrics" bars
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    except (ImportError, AttributeError):  # pragma: no cover - other GX versions
+        pass
+    return context
 
 
-def _run_suite(context, name: str, frame: pd.DataFrame, rules: list[_Rule], id_column: str | None,
-               cfg: ValidationConfig) -> tuple[dict, list[ExpectationFailure]]:
-    import great_expectations as gx
+def _examples(rule: _Rule, info: dict, frame: pd.DataFrame, id_column: str | None, limit: int) -> list[str]:
+    rows = [frame.iloc[int(entry[ROW])] for entry in (info.get("partial_unexpected_index_list") or [])
+            if isinstance(entry, dict) and ROW in entry][:limit]
+    if not rows and len(frame) == 1 and id_column is None and rule.explain:  # one-row table (splits)
+        rows = [frame.iloc[0]]
+    examples = []
+    for row in rows:
+        reason = rule.explain(row) if rule.explain else f"{rule.column}={_short(row.get(rule.column))}"
+        if id_column is None:
+            examples.append(reason)
+        else:
+            record = row.get(id_column) if id_column in row else None
+            name = f"row {row[ROW]}" if _is_missing(record) else record
+            examples.append(f"{id_column}={name}: {reason}")
+    if not examples:
+        examples = [_short(v) for v in (info.get("partial_unexpected_list") or [])[:limit]]
+    return examples
 
-    asset = context.data_sources.add_pandas(f"{name}-source").add_dataframe_asset(name)
-    batch = asset.add_batch_definition_whole_dataframe(f"{name}-batch")
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite"))
-    present = [r for r in rules if getattr(r.expectation, "column", None) in frame.columns
-               or type(r.expectation).__name__ == "ExpectColumnToExist"]
-    for r in present:
-        suite.add_expectation(r.expectation)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}-v", data=batch, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": frame},
-                            result_format={"result_format": "COMPLETE"})
-    by_id = {r.expectation.id: r for r in present}
+
+def _run_suite(context: Any, name: str, frame: pd.DataFrame, rules: list[_Rule], id_column: str | None,
+               cfg: ValidationConfig) -> tuple[dict, list[ExpectationFailure], int]:
+    gx = _gx()
+    batch = context.data_sources.add_pandas(f"{name}-source").add_dataframe_asset(name) \
+        .add_batch_definition_whole_dataframe(f"{name}-batch")
+    # Rules on a column that is absent are left to the ExpectColumnToExist rules, which name it.
+    active = [r for r in rules
+              if type(r.expectation).__name__ == "ExpectColumnToExist" or r.column is None or r.column in frame]
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite", expectations=[r.expectation for r in active]))
+    active = [_Rule(e, r.rule, r.explain) for e, r in zip(suite.expectations, active, strict=True)]  # with ids
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}-validation",
+                                                                            data=batch, suite=suite))
+    index_columns = [c for c in (id_column, ROW) if c and c in frame]
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": cfg.max_examples,
+                     "unexpected_index_column_names": index_columns}
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+    by_id = {res.expectation_config.id: res for res in result.results}
     failures = []
-    for res in result.results:
+    for rule in active:  # suite order, not GX's result order
+        res = by_id[rule.expectation.id]
         if res.success:
             continue
-        rule = by_id[res.expectation_config.id]
         info = res.result or {}
-        indices = info.get("unexpected_index_list") or []
-        rows = [frame.loc[i] for i in indices[: cfg.max_examples] if i in frame.index]
-        if rule.describe:
-            examples = [rule.describe(row) for row in rows]
-        elif id_column and rows:
-            col = rule.expectation.column
-            examples = [f"{id_column}={row.get(id_column)!r}: {col}={_short(row.get(col))}" for row in rows]
-        else:
-            examples = [str(v) for v in (info.get("partial_unexpected_list") or [])[: cfg.max_examples]]
-        if not examples and res.exception_info and res.exception_info.get("raised_exception"):
-            examples = [str(res.exception_info.get("exception_message"))]
+        examples = _examples(rule, info, frame, id_column, cfg.max_examples)
+        error = (res.exception_info or {}).get("exception_message") if isinstance(res.exception_info, dict) else None
+        if error and (res.exception_info or {}).get("raised_exception"):
+            examples.append(f"error: {error}")
+        if type(rule.expectation).__name__ == "ExpectColumnToExist":
+            examples = [f"column '{rule.column}' missing; columns are {sorted(c for c in frame if c != ROW)}"]
         count = info.get("unexpected_count")
-        failures.append(ExpectationFailure(name, res.expectation_config.type, getattr(rule.expectation, "column", None),
-                                           rule.rule, int(count if count is not None else 1), examples))
-    return result.to_json_dict(), failures
+        failures.append(ExpectationFailure(name, res.expectation_config.type, rule.column, rule.rule,
+                                           int(count) if count else 1, examples))
+    return _strict_json(result.to_json_dict()), failures, len(active)
 
 
 def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationConfig,
                      source: str) -> ValidationReport:
-    """Run the documents, QA and split suites; never raises on bad data (see ensure_valid)."""
-    import great_expectations as gx
+    """Run the documents, QA and splits suites; never raises on bad data (see `ensure_valid`)."""
+    gx = _gx()
+    context = _context(gx)
+    docs = _doc_frame(documents)
+    qa_frame = _qa_frame(docs, qa)
+    doc_ids = sorted({d for d in docs["doc_id"] if isinstance(d, str)}) if "doc_id" in docs else []
+    train_questions: list[str] = []
+    if {"question", "split"} <= set(qa_frame.columns):
+        train = qa_frame.loc[qa_frame["split"] == "train", "question"]
+        train_questions = sorted({normalize_answer(q) for q in train if isinstance(q, str)} - {""})
+    counts = {s: int((qa["split"] == s).sum()) for s in SPLITS} if "split" in qa else dict.fromkeys(SPLITS, 0)
+    total = len(qa)
+    shares = {f"{s}_share": (counts.get(s, 0) / total if total else 0.0) for s in dict.fromkeys([*SPLITS,
+                                                                                               *cfg.split_bounds])}
+    splits = pd.DataFrame([shares])
 
-    context = gx.get_context(mode="ephemeral")
-    docs = documents.copy()
-    if "text" in docs:
-        docs["text_chars"] = _lengths(docs["text"])
-    doc_ids = docs["doc_id"].dropna().astype(str).tolist() if "doc_id" in docs else []
-    qa_frame = _qa_frame(documents, qa, cfg)
-    shares = qa["split"].value_counts(normalize=True) if len(qa) else pd.Series(dtype=float)
-    splits = pd.DataFrame([{f"{s}_share": float(shares.get(s, 0.0)) for s in SPLITS}])
-
-    results, failures = {}, []
-    for name, frame, rules, id_col in (("documents", docs, _doc_rules(cfg), "doc_id"),
-                                       ("qa", qa_frame, _qa_rules(cfg, doc_ids), "qa_id"),
-                                       ("splits", splits, _split_rules(cfg), None)):
-        results[name], found = _run_suite(context, name, frame, rules, id_col, cfg)
+    results: dict[str, Any] = {}
+    failures: list[ExpectationFailure] = []
+    evaluated = 0
+    for name, frame, rules, id_column in (
+        ("documents", docs, _doc_rules(gx, docs, cfg), "doc_id"),
+        ("qa", qa_frame, _qa_rules(gx, qa_frame, cfg, doc_ids, train_questions), "qa_id"),
+        ("splits", splits, _split_rules(gx, cfg, counts), None),
+    ):
+        results[name], found, n = _run_suite(context, name, frame, rules, id_column, cfg)
         failures += found
-    stats = {"documents": len(documents), "qa_pairs": len(qa),
-             **{f"qa_{s}": int((qa["split"] == s).sum()) for s in SPLITS},
-             "expectations_failed": len(failures)}
-    return ValidationReport(source, not failures, failures, results, stats)
+        evaluated += n
+    statistics = {"documents": len(documents), "qa": total, "qa_per_split": counts,
+                  "expectations_evaluated": evaluated, "expectations_failed": len(failures)}
+    return ValidationReport(source, not failures, failures, results, statistics)
 
 
 def ensure_valid(report: ValidationReport) -> None:
+    """Raise DataValidationError (listing every failing rule) unless the report passed."""
     if not report.success:
         raise DataValidationError(report)

@@ -111,3 +111,12 @@ def test_demo_data_is_well_formed():
     ds = load_dataset(DataConfig(path="data/demo"))
     assert len(ds.documents) >= 40 and len(ds.qa) >= 300
     assert set(ds.qa["split"]) == {"train", "validation", "test"}
+
+
+def test_squad_repeated_question_lands_in_one_split(tmp_path):
+    paragraphs = [{"context": f"Tesla died in 194{i}.", "qas": [
+        {"id": f"q{i}", "question": "What year did Tesla die? " if i % 2 else "What year did Tesla die?",
+         "answers": [{"text": f"194{i}", "answer_start": 14}]}]} for i in range(10)]
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"title": "Tesla", "paragraphs": paragraphs}]}))
+    assert load_dataset(_cfg(path)).qa["split"].nunique() == 1

@@ -145,3 +145,18 @@ def test_broken_data_stops_at_validation(harness, monkeypatch_module, tmp_path):
     assert not names & {"index", "finetune-closed_book", "finetune-raft", "promote"}
     assert not (workdir / "adapters").exists() and not (workdir / "index").exists()
     assert client.search_model_versions("name = 'ragtune-ci'") == []
+
+
+def test_champion_from_other_test_set_is_rescored(first_run, workdir):
+    """A different evaluation set makes stored scores incomparable: the served champion is re-scored."""
+    from flows.retrain import retrain_flow
+
+    client = client_for(workdir)
+    champion = client.get_model_version_by_alias("ragtune-ci", "champion")
+    third = retrain_flow(config=str(ROOT / "configs" / "ci.yaml"),
+                         overrides=[*overrides(workdir), "data.max_questions_per_split.test=5"])
+    promote_run = next(r for r in _runs(client, "ragtune-ci", third.run_id) if r.info.run_name == "promote")
+    assert promote_run.data.tags["champion_scored_on"] == "re-scored on this evaluation set"
+    # Same adapter, index and questions with greedy decoding: the re-score equals this run's own score.
+    same_candidate = next(r for r in third.comparison if r["candidate"] == champion.tags["candidate"])
+    assert third.decision.champion_score == pytest.approx(same_candidate["f1"], abs=1e-9)
