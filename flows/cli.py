@@ -16,7 +16,8 @@ enable_offline_mode()
 
 app = typer.Typer(help="ragtune: finetune an SLM, use RAG, or both? Measured on your data, tracked in MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+# Piped output (logs, CI) gets a width that fits the candidate table instead of rich's 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="YAML config (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key, e.g. finetune.epochs=2.")]
@@ -34,8 +35,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _run(fn, *args, **kwargs):
-    """Call a flow; turn expected user errors into a readable message and exit code 2."""
+    """Call a flow; turn expected user errors into a readable message and exit code 2.
+
+    The config is checked first, so a typo fails in a second, before Prefect starts its server.
+    """
+    from tasks.settings import load_config
+
     try:
+        if "config" in kwargs:
+            load_config(kwargs["config"], kwargs.get("overrides"))
         return fn(*args, **kwargs)
     except _user_errors() as err:
         console.print(f"[bold red]error:[/] {err}")

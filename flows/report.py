@@ -61,23 +61,28 @@ def loss_figure(result: FinetuneResult):
     return fig
 
 
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key, math.nan)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:.0f}" if key.startswith("latency") else f"{value:.3f}"
+    interval = row.get(f"{key}_ci")
+    return f"{text} {interval}" if key in INTERVAL_COLUMNS and isinstance(interval, str) else text
+
+
+INTERVAL_COLUMNS = ("exact_match", "f1")
+TABLE_COLUMNS = (("exact_match", "EM [95% CI]"), ("f1", "F1 [95% CI]"), ("semantic_similarity", "sem. sim."),
+                 ("hallucination_rate", "halluc."), ("recall_at_k", "recall@k"), ("latency_p50_ms", "p50 ms"),
+                 ("latency_p95_ms", "p95 ms"), ("cost_per_1k_queries", "$/1k q"))
+
+
 def print_comparison(table: pd.DataFrame, console: Console | None = None) -> None:
+    """The candidate table in the terminal (intervals for EM and F1; all of them are in MLflow)."""
     console = console or Console()
-    columns = [("exact_match", "EM"), ("f1", "F1"), ("semantic_similarity", "sem.sim"),
-               ("hallucination_rate", "halluc."), ("recall_at_k", "recall@k"), ("latency_p50_ms", "p50 ms"),
-               ("latency_p95_ms", "p95 ms"), ("cost_per_1k_queries", "$/1k q")]
-    out = Table(title="Candidates on the test split (95% bootstrap intervals)")
-    out.add_column("candidate")
-    for _, title in columns:
-        out.add_column(title, justify="right")
+    out = Table(title="Candidates on the test split")
+    out.add_column("candidate", no_wrap=True)
+    for _, title in TABLE_COLUMNS:
+        out.add_column(title, justify="right", no_wrap=True)
     for row in table.to_dict(orient="records"):
-        cells = []
-        for key, _ in columns:
-            value = row.get(key, math.nan)
-            text = "–" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-                f"{value:.0f}" if key.startswith("latency") else f"{value:.3f}")
-            if f"{key}_ci" in row and isinstance(row[f"{key}_ci"], str):
-                text += f" {row[f'{key}_ci']}"
-            cells.append(text)
-        out.add_row(row["candidate"], *cells)
+        out.add_row(row["candidate"], *[_cell(row, key) for key, _ in TABLE_COLUMNS])
     console.print(out)
