@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -118,7 +119,7 @@ def finetune(mode: finetuning.Mode, dataset: Dataset, cfg: PipelineConfig, base_
         mlflow.log_metrics({k: v for k, v in {
             "eval_loss": result.eval_loss, "perplexity": result.perplexity, "train_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second, "train_examples": result.train_examples,
-            "raft_gold_rate": result.gold_rate}.items() if v == v})
+            "raft_gold_rate": result.gold_rate}.items() if not math.isnan(v)})
         mlflow.log_artifacts(result.adapter_dir, "adapter")
         if result.train_losses:
             log_figure(loss_figure(result), "plots/loss_curve.png")
