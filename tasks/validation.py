@@ -313,13 +313,11 @@ def _strict_json(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------- suites
 
 def _context(gx: Any) -> Any:
-    context = gx.get_context(mode="ephemeral")
-    try:  # supported switch for GX's tqdm "Calculating Metrics" bars
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+    """An ephemeral context with GX's tqdm "Calculating Metrics" bars switched off."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    except (ImportError, AttributeError):  # pragma: no cover - other GX versions
-        pass
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return context
 
 
