@@ -27,11 +27,12 @@ DEFAULT_CONFIG = "configs/default.yaml"
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from tasks.data_loading import DataLoadError
+    from tasks.indexing import IndexBuildError
     from tasks.models import ModelSourceError
     from tasks.settings import ConfigError
     from tasks.validation import DataValidationError
 
-    return ConfigError, DataLoadError, DataValidationError, ModelSourceError, FileNotFoundError
+    return ConfigError, DataLoadError, DataValidationError, ModelSourceError, IndexBuildError, FileNotFoundError
 
 
 def _run(fn, *args, **kwargs):
@@ -74,14 +75,60 @@ def validate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: Data
     console.print(report.to_markdown())
 
 
-@app.command()
-def index(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
-    """Build (or reuse) the FAISS index for the current data and make it current."""
+index_app = typer.Typer(help="Build, inspect and query the versioned FAISS index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
+    """Validate the data, then build the index incrementally (or reuse it) and make it current."""
     from flows.stage_flows import index_flow
 
     build = _run(index_flow, config=config, overrides=set_ or [], data=data)
-    console.print(f"index {build.version}: {build.num_chunks} chunks at {build.path}"
-                  f" ({'reused' if build.reused else 'built'})")
+    state = "reused as is" if build.reused else (
+        f"built: {build.embedded} chunks embedded, {build.reused_vectors} reused, {build.removed} removed")
+    console.print(f"index {build.version} ({build.faiss_type}, {build.num_chunks} chunks) {state}; "
+                  f"{build.seconds:.1f} s; at {build.path}")
+
+
+@index_app.command("status")
+def index_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """List the stored index versions, newest first; the served one is marked."""
+    from rich.table import Table
+
+    from tasks.indexing import index_status as status_rows
+    from tasks.settings import load_config
+
+    cfg = _run(load_config, config, set_ or [])
+    rows = status_rows(cfg.index)
+    if not rows:
+        console.print(f"no index under {cfg.index.root}: run `ragtune index build`")
+        raise typer.Exit(1)
+    table = Table(title=f"index versions under {cfg.index.root}")
+    for column in rows[0]:
+        table.add_column(column, justify="right" if isinstance(rows[0][column], int | float) else "left")
+    for row in rows:
+        table.add_row(*("*" if v is True else "" if v is False else str(v) for v in row.values()))
+    console.print(table)
+
+
+@index_app.command("search")
+def index_search(query: str, k: Annotated[int | None, typer.Option("-k", help="Hits (default: index.top_k).")] = None,
+                 config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Search the current index version and print the top-k chunks."""
+    from rich.table import Table
+
+    from tasks.indexing import Retriever, current_index_dir
+    from tasks.settings import load_config
+
+    cfg = _run(load_config, config, set_ or [])
+    retriever = _run(Retriever, _run(current_index_dir, cfg.index), cfg.index)
+    table = Table(title=f"{query!r} in {retriever.version}")
+    for column, justify in (("rank", "right"), ("score", "right"), ("chunk", "left"), ("text", "left")):
+        table.add_column(column, justify=justify)
+    for rank, hit in enumerate(retriever.search([query], k)[0], start=1):
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.chunk_id, hit.text)
+    console.print(table)
 
 
 @app.command()

@@ -21,9 +21,10 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.report import comparison_figure, latency_figure, loss_figure
 from tasks import data_loading, evaluation, finetuning, indexing, promotion, validation
-from tasks.answering import Answerer
+from tasks.answering import Answerer, AnswerSource
 from tasks.champion import Decision, decide
 from tasks.data_loading import Dataset
+from tasks.endpoint import EndpointAnswerer
 from tasks.models import embedding_model_dir
 from tasks.settings import PipelineConfig
 from tasks.tracking import log_figure, log_table
@@ -84,19 +85,31 @@ def validate(dataset: Dataset, cfg: PipelineConfig, parent_run_id: str | None) -
 
 @task(name="build-index", cache_policy=NO_CACHE)
 def build_index(dataset: Dataset, cfg: PipelineConfig, parent_run_id: str | None) -> indexing.IndexBuild:
-    build = indexing.build_index(dataset.documents, dataset.fingerprint, cfg.index)
+    build = indexing.build_index(dataset.documents, dataset.fingerprint, cfg.index,
+                                 recall_queries=dataset.split("validation")["question"].tolist())
     retriever = indexing.Retriever(build.path, cfg.index)
-    quality = indexing.evaluate_retrieval(retriever, dataset.split("validation"), cfg.index.top_k)
+    ks = sorted({*cfg.index.eval_k, cfg.index.top_k})
+    quality = {f"{prefix}_{name}": value
+               for prefix, split in (("val", "validation"), ("test", "test"))
+               for name, value in indexing.evaluate_retrieval(retriever, dataset.split(split), ks).items()}
+    counts = {"num_chunks": build.num_chunks, "embedded_chunks": build.embedded,
+              "reused_vectors": build.reused_vectors, "removed_chunks": build.removed, "build_seconds": build.seconds}
+    if build.ann_recall is not None:
+        counts[f"ann_recall_at_{cfg.index.faiss.recall_k}"] = build.ann_recall
     with child_run("index", parent_run_id):
         mlflow.set_tags({"index_version": build.version, "data_fingerprint": dataset.fingerprint,
-                         "reused": str(build.reused)})
-        mlflow.log_params({"chunk_chars": cfg.index.chunk_chars, "chunk_overlap": cfg.index.chunk_overlap,
+                         "reused": str(build.reused), "faiss_type": build.faiss_type})
+        mlflow.log_params({"chunking": cfg.index.chunking.strategy, "max_tokens": cfg.index.chunking.max_tokens,
+                           "overlap_tokens": cfg.index.chunking.overlap_tokens, "faiss_type": build.faiss_type,
                            "top_k": cfg.index.top_k, "embedding_model": retriever.manifest["embedding_model"]})
-        mlflow.log_metrics({**quality, "num_chunks": build.num_chunks, "build_seconds": build.seconds})
+        mlflow.log_metrics({**quality, **counts})
         mlflow.log_dict(retriever.manifest, "index/manifest.json")
-    get_run_logger().info("index %s (%s): %d chunks, validation recall@%d %.3f, mrr %.3f", build.version,
-                          "reused" if build.reused else "built", build.num_chunks, cfg.index.top_k,
-                          quality["recall_at_k"], quality["mrr"])
+    k = cfg.index.top_k
+    get_run_logger().info(
+        "index %s (%s, %s): %d chunks, %d embedded, %d reused, %d removed; validation recall@%d %.3f, ndcg@%d %.3f",
+        build.version, "reused" if build.reused else "built", build.faiss_type, build.num_chunks, build.embedded,
+        build.reused_vectors, build.removed, k, quality.get(f"val_recall_at_{k}", float("nan")), k,
+        quality.get(f"val_ndcg_at_{k}", float("nan")))
     return build
 
 
@@ -108,29 +121,44 @@ def finetune(mode: finetuning.Mode, dataset: Dataset, cfg: PipelineConfig, base_
         result = finetuning.finetune(mode, base_model_dir, dataset.split("train"), dataset.split("validation"),
                                      dataset.fingerprint, cfg.finetune, cfg.generation, cfg.seed, retriever)
         mlflow.set_tags({"mode": mode, "adapter": Path(result.adapter_dir).name, "reused": str(result.reused),
-                         "data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe()})
-        mlflow.log_params({"mode": mode, "lora_r": cfg.finetune.lora.r, "lora_alpha": cfg.finetune.lora.alpha,
-                           "epochs": cfg.finetune.epochs, "max_steps": cfg.finetune.max_steps,
-                           "batch_size": cfg.finetune.batch_size, "learning_rate": cfg.finetune.learning_rate,
-                           "raft_top_k": cfg.finetune.raft.top_k,
-                           "raft_gold_probability": cfg.finetune.raft.gold_probability})
+                         "data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
+                         "device": result.device, "stopped_early": str(result.stopped_early),
+                         "resumed_from_step": str(result.resumed_from_step)})
+        ft = cfg.finetune
+        mlflow.log_params({"mode": mode, "lora_r": ft.lora.r, "lora_alpha": ft.lora.alpha,
+                           "epochs": ft.epochs, "max_steps": ft.max_steps,
+                           "batch_size": result.batch_size, "learning_rate": ft.learning_rate,
+                           "raft_top_k": ft.raft.top_k, "raft_gold_probability": ft.raft.gold_probability,
+                           "early_stopping_patience": ft.early_stopping.patience,
+                           "early_stopping_min_delta": ft.early_stopping.min_delta,
+                           "checkpoint_every_steps": ft.checkpoint_every_steps})
         for step, loss in enumerate(result.train_losses, start=1):
             mlflow.log_metric("train_loss", loss, step=step)
+        for step, loss in zip(result.eval_steps, result.eval_losses, strict=True):
+            if not math.isnan(loss):
+                mlflow.log_metrics({"epoch_eval_loss": loss, "epoch_perplexity": math.exp(loss)}, step=step)
+        # eval_loss/perplexity: the kept (best) adapter's held-out values.
         mlflow.log_metrics({k: v for k, v in {
             "eval_loss": result.eval_loss, "perplexity": result.perplexity, "train_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second, "train_examples": result.train_examples,
+            "model_load_seconds": result.model_load_seconds, "best_step": result.best_step,
             "raft_gold_rate": result.gold_rate}.items() if not math.isnan(v)})
         mlflow.log_artifacts(result.adapter_dir, "adapter")
         if result.train_losses:
             log_figure(loss_figure(result), "plots/loss_curve.png")
-    get_run_logger().info("finetune[%s] %s: %d steps, eval loss %.3f, perplexity %.2f", mode,
-                          "reused" if result.reused else "trained", result.steps, result.eval_loss, result.perplexity)
+    get_run_logger().info(
+        "finetune[%s] %s on %s: %d steps, %.0f tokens/s, best eval loss %.3f (step %d), perplexity %.2f%s; "
+        "base model loaded in %.2f s", mode, "reused" if result.reused else "trained", result.device, result.steps,
+        result.tokens_per_second, result.eval_loss, result.best_step, result.perplexity,
+        ", stopped early" if result.stopped_early else "", result.model_load_seconds)
     return result, run.info.run_id
 
 
 def candidate_answerer(name: str, cfg: PipelineConfig, base_model_dir: str, adapter_dir: str | None,
-                       index: indexing.IndexBuild | None) -> Answerer:
+                       index: indexing.IndexBuild | None) -> AnswerSource:
     retriever = indexing.Retriever(index.path, cfg.index) if name in RETRIEVING else None
+    if name == "rag" and cfg.generation.endpoint is not None:
+        return EndpointAnswerer(cfg.generation.endpoint, cfg.generation, retriever=retriever, top_k=cfg.index.top_k)
     return Answerer(base_model_dir, cfg.generation, adapter_dir=adapter_dir, retriever=retriever,
                     top_k=cfg.index.top_k)
 
@@ -204,7 +232,8 @@ def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineCon
         if preliminary.challenger is not None:
             champion_metrics, scored_on = _champion_metrics(cfg, by_name[preliminary.challenger], dataset)
         mlflow.set_tag("champion_scored_on", scored_on)
-        decision = decide({n: o.report.metrics for n, o in by_name.items()}, cfg.champion, champion_metrics)
+        decision = decide({n: o.report.metrics for n, o in by_name.items()}, cfg.champion, champion_metrics,
+                          per_question={n: o.report.per_question for n, o in by_name.items()}, seed=cfg.seed)
         mlflow.log_text(decision.to_markdown(cfg.champion), "decision.md")
         mlflow.log_dict(asdict(decision), "decision.json")
         mlflow.log_metric("promoted", float(decision.promote))

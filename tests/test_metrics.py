@@ -1,6 +1,16 @@
+import math
+
 import pytest
 
-from tasks.metrics import answer_support, bootstrap_ci, exact_match, f1, normalize_answer, retrieval_scores
+from tasks.metrics import (
+    answer_support,
+    bootstrap_ci,
+    exact_match,
+    f1,
+    normalize_answer,
+    paired_bootstrap,
+    retrieval_scores,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -33,7 +43,8 @@ def test_answer_support_and_empty():
 
 def test_retrieval_scores():
     s = retrieval_scores(["d2", "d1", "d1"], "d1", 3)
-    assert s == {"recall_at_k": 1.0, "precision_at_k": pytest.approx(2 / 3), "mrr": 0.5}
+    assert s == {"recall_at_k": 1.0, "precision_at_k": pytest.approx(2 / 3), "mrr": 0.5,
+                 "ndcg_at_k": pytest.approx(1 / math.log2(3))}
     assert retrieval_scores(["d2"], "d1", 1)["recall_at_k"] == 0.0
 
 
@@ -43,3 +54,45 @@ def test_bootstrap_interval_contains_mean_and_is_deterministic():
     assert low < 0.5 < high
     assert (low, high) == bootstrap_ci(values, 500, seed=1)
     assert bootstrap_ci([1.0] * 10, 100, seed=1) == (1.0, 1.0)
+
+
+def test_paired_bootstrap_identical_systems_is_not_significant():
+    scores = [0.0, 0.5, 1.0, 0.2] * 10
+    result = paired_bootstrap(scores, scores, 500, seed=1, significance_level=0.05)
+    assert (result.n, result.mean_difference, result.ci_low, result.ci_high) == (40, 0.0, 0.0, 0.0)
+    assert result.p_value == 1.0 and not result.significant
+
+
+def test_paired_bootstrap_consistent_gain_is_significant():
+    champion = [0.0] * 40
+    challenger = [1.0] * 30 + [0.0] * 10
+    result = paired_bootstrap(challenger, champion, 1000, seed=1, significance_level=0.05)
+    assert result.mean_difference == pytest.approx(0.75)
+    assert 0 < result.ci_low < 0.75 < result.ci_high <= 1.0
+    assert result.p_value == pytest.approx(1 / 1001) and result.significant
+
+
+def test_paired_bootstrap_noisy_small_gain_is_not_significant():
+    result = paired_bootstrap([1.0, 0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0, 0.0], 1000, seed=1,
+                              significance_level=0.05)
+    assert result.mean_difference == pytest.approx(0.2)
+    assert result.ci_low < 0 < result.ci_high and result.p_value > 0.05 and not result.significant
+
+
+def test_pairing_detects_a_small_gain_that_unpaired_intervals_cannot():
+    champion = [i / 39 for i in range(40)]  # questions of very different difficulty
+    challenger = [s + 0.02 for s in champion]  # better by 0.02 on every question
+    result = paired_bootstrap(challenger, champion, 1000, seed=1, significance_level=0.05)
+    assert result.significant and result.ci_low == pytest.approx(0.02) == result.ci_high
+    low, _ = bootstrap_ci(challenger, 1000, seed=1)
+    _, high = bootstrap_ci(champion, 1000, seed=1)
+    assert low < high  # the separate 95% intervals overlap
+
+
+def test_paired_bootstrap_drops_missing_pairs_and_rejects_unpaired_input():
+    result = paired_bootstrap([1.0, float("nan"), 1.0], [0.0, 0.0, float("nan")], 200, seed=0, significance_level=0.05)
+    assert result.n == 1 and result.mean_difference == 1.0
+    assert paired_bootstrap([1.0, 0.0], [0.0, 1.0], 200, seed=3, significance_level=0.05) == \
+        paired_bootstrap([1.0, 0.0], [0.0, 1.0], 200, seed=3, significance_level=0.05)
+    with pytest.raises(ValueError, match="same questions"):
+        paired_bootstrap([1.0, 0.0], [1.0], 200, seed=0, significance_level=0.05)

@@ -28,8 +28,8 @@ def test_bad_value_is_named():
 
 
 def test_cross_field_rule_is_reported():
-    with pytest.raises(ConfigError, match="chunk_overlap must be smaller"):
-        load_config("configs/default.yaml", ["index.chunk_overlap=900", "index.chunk_chars=400"])
+    with pytest.raises(ConfigError, match=r"index\.chunking: .*overlap_tokens must be smaller than max_tokens"):
+        load_config("configs/default.yaml", ["index.chunking.overlap_tokens=900", "index.chunking.max_tokens=400"])
 
 
 def test_override_syntax_error():
