@@ -1,19 +1,26 @@
 """A candidate system: an SLM (optionally with a LoRA adapter) and optional retrieval.
 
 The same class answers questions in evaluation, in the registered MLflow model and in
-`ragtune ask`, so what is measured is what is served.
+`ragtune ask`, so what is measured is what is served. Latency, time to first token and
+compute time are defined in tasks.metrics.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from tasks.indexing import Hit, Retriever
 from tasks.models import load_causal_lm
 from tasks.prompts import build_messages, clean_answer, render_prompt
 from tasks.settings import GenerationConfig
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -25,18 +32,94 @@ class Answer:
     compute_seconds: float = 0.0
     prompt_tokens: int = 0
     new_tokens: int = 0
+    retrieval_ms: float = 0.0
+    ttft_ms: float | None = None
+    finish_reason: str = ""
+    api_cost_usd: float = 0.0
 
     @property
     def sources(self) -> list[str]:
         return list(dict.fromkeys(h.doc_id for h in self.passages))
 
 
-class Answerer:
-    """Greedy, batched (left-padded) generation with the shared prompt format.
+class AnswerSource(Protocol):
+    """What evaluation and serving need from a candidate: Answerer or tasks.endpoint.EndpointAnswerer."""
 
-    Latency: each question's latency is the wall time of the batch it was answered in,
-    retrieval included (what a caller in that batch waited). compute_seconds is that time
-    divided by the batch size (the machine time the question cost).
+    retriever: Retriever | None
+    top_k: int
+
+    def answer(self, questions: list[str], batch_size: int | None = None) -> list[Answer]: ...
+
+
+def retrieve(retriever: Retriever | None, questions: list[str], top_k: int) -> tuple[list[list[Hit]], float]:
+    """Batched top-k passages per question (none without a retriever) and the wall time it took."""
+    t0 = time.perf_counter()
+    hits = retriever.search(questions, top_k) if retriever else [[] for _ in questions]
+    return hits, time.perf_counter() - t0
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the earliest occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+class FinishClock:
+    """A stopping criterion that records, per row of a batch, when its sequence finished.
+
+    Called by `generate` once per decoding step, right after the step's tokens are appended. A row
+    finishes at its first EOS token, when its decoded text contains a stop string (this criterion
+    then ends the row), or after `max_new_tokens`. It never ends a row otherwise.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, rows: int, eos_ids: set[int],
+                 stop: Sequence[str], max_new_tokens: int):
+        self.tokenizer, self.prompt_length, self.eos_ids = tokenizer, prompt_length, eos_ids
+        self.stop, self.max_new_tokens = list(stop), max_new_tokens
+        self.first_token_at: float | None = None
+        self.finished_at: list[float | None] = [None] * rows
+        self.lengths = [0] * rows  # generated tokens up to and including the one that finished the row
+        self.reasons = [""] * rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs) -> torch.BoolTensor:
+        import torch
+
+        new = input_ids[:, self.prompt_length:]
+        last = new[:, -1].tolist()  # also waits for the step to complete on an accelerator
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        step = new.shape[1]
+        for row, token in enumerate(last):
+            if self.finished_at[row] is not None:
+                continue
+            if token in self.eos_ids:
+                self._finish(row, now, step, "eos")
+            elif self.stop and self._has_stop(new[row]):
+                self._finish(row, now, step, "stop")
+            elif step >= self.max_new_tokens:
+                self._finish(row, now, step, "length")
+        return torch.tensor([t is not None for t in self.finished_at], dtype=torch.bool, device=input_ids.device)
+
+    def _has_stop(self, tokens: torch.Tensor) -> bool:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(s in text for s in self.stop)
+
+    def _finish(self, row: int, now: float, step: int, reason: str) -> None:
+        self.finished_at[row], self.lengths[row], self.reasons[row] = now, step, reason
+
+    def close(self, now: float, steps: int) -> None:
+        """Rows `generate` ended without this criterion seeing them finish (it stopped on its own limits)."""
+        for row, done in enumerate(self.finished_at):
+            if done is None:
+                self._finish(row, now, steps, "length")
+
+
+class Answerer:
+    """Greedy, batched (left-padded) generation with the shared prompt format; the model is loaded once.
+
+    Each answer carries its own latency (batch start to its own sequence's end), its batch's
+    retrieval time, its time to first token and its share of the batch's compute time.
     """
 
     def __init__(self, model_dir: str, gen_cfg: GenerationConfig, adapter_dir: str | Path | None = None,
@@ -46,36 +129,56 @@ class Answerer:
         self.gen_cfg = gen_cfg
         self.retriever = retriever
         self.top_k = top_k
+        self.eos_ids = _eos_ids(self.tokenizer, self.model)
 
-    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int], list[int]]:
+    def _generate(self, prompts: list[str]) -> tuple[list[str], list[int], FinishClock]:
         import torch
+        from transformers import StoppingCriteriaList
 
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.model.device)
+        prompt_length = batch["input_ids"].shape[1]
+        clock = FinishClock(self.tokenizer, prompt_length, len(prompts), self.eos_ids, self.gen_cfg.stop,
+                            self.gen_cfg.max_new_tokens)
         with torch.inference_mode():
             out = self.model.generate(
                 **batch, max_new_tokens=self.gen_cfg.max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids) or None,
+                stopping_criteria=StoppingCriteriaList([clock]),
             )
-        new = out[:, batch["input_ids"].shape[1]:]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-        new_tokens = (new != self.tokenizer.pad_token_id).sum(dim=1).tolist()
-        return texts, prompt_tokens, new_tokens
+        new = out[:, prompt_length:]
+        clock.close(time.perf_counter(), new.shape[1])
+        texts = [cut_at_stop(self.tokenizer.decode(row[:n], skip_special_tokens=True), self.gen_cfg.stop)
+                 for row, n in zip(new, clock.lengths, strict=True)]
+        return texts, batch["attention_mask"].sum(dim=1).tolist(), clock
 
     def answer(self, questions: list[str], batch_size: int | None = None) -> list[Answer]:
         batch_size = batch_size or self.gen_cfg.batch_size
         answers: list[Answer] = []
         for start in range(0, len(questions), batch_size):
-            chunk = questions[start:start + batch_size]
-            t0 = time.perf_counter()
-            hits = self.retriever.search(chunk, self.top_k) if self.retriever else [[] for _ in chunk]
-            prompts = [
-                render_prompt(self.tokenizer, build_messages(q, [h.text for h in hs] if self.retriever else None,
-                                                             self.gen_cfg))
-                for q, hs in zip(chunk, hits, strict=True)
-            ]
-            texts, prompt_tokens, new_tokens = self._generate(prompts)
-            elapsed = time.perf_counter() - t0
-            for q, hs, text, pt, nt in zip(chunk, hits, texts, prompt_tokens, new_tokens, strict=True):
-                answers.append(Answer(q, clean_answer(text), hs, elapsed * 1000, elapsed / len(chunk), pt, nt))
+            answers += self._answer_batch(questions[start:start + batch_size])
         return answers
+
+    def _answer_batch(self, chunk: list[str]) -> list[Answer]:
+        t0 = time.perf_counter()
+        hits, retrieval_s = retrieve(self.retriever, chunk, self.top_k)
+        prompts = [render_prompt(self.tokenizer, build_messages(q, [h.text for h in hs] if self.retriever else None,
+                                                                self.gen_cfg))
+                   for q, hs in zip(chunk, hits, strict=True)]
+        texts, prompt_tokens, clock = self._generate(prompts)
+        share = (time.perf_counter() - t0) / len(chunk)
+        ttft_ms = (clock.first_token_at - t0) * 1000
+        return [Answer(q, clean_answer(text), hs, latency_ms=(done - t0) * 1000, compute_seconds=share,
+                       prompt_tokens=pt, new_tokens=n, retrieval_ms=retrieval_s * 1000, ttft_ms=ttft_ms,
+                       finish_reason=reason)
+                for q, hs, text, pt, n, done, reason in zip(chunk, hits, texts, prompt_tokens, clock.lengths,
+                                                            clock.finished_at, clock.reasons, strict=True)]
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> set[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (chat models often end turns with another)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids |= set(configured) if isinstance(configured, list) else {configured}
+    return ids
