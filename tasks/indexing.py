@@ -201,7 +201,8 @@ def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
             _write_pointer(root, version)
             _prune(root, cfg.keep_versions)
             return IndexBuild(version, final, manifest["num_chunks"], True, time.perf_counter() - start,
-                              faiss_type=_faiss_type(manifest), ann_recall=manifest.get("ann_recall_at_k"))
+                              reused_vectors=manifest["num_chunks"], faiss_type=_faiss_type(manifest),
+                              ann_recall=manifest.get("ann_recall_at_k"))
 
         _check_chunk_length(cfg)
         chunks = chunk_documents(documents, cfg.chunking, _embedder(cfg).tokenizer)

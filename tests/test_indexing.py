@@ -96,6 +96,7 @@ def test_no_change_rebuild_embeds_nothing(tmp_path, embed_calls):
     embed_calls.clear()
     again = indexing.build_index(DOCS, "fp1", cfg)
     assert again.reused and again.version == first.version and embed_calls == []
+    assert again.embedded == 0 and again.reused_vectors == first.num_chunks
     # New QA under the same documents: a new version (its manifest names the new fingerprint), zero embeddings.
     qa_changed = indexing.build_index(DOCS, "fp2", cfg)
     assert qa_changed.version != first.version and not qa_changed.reused
