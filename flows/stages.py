@@ -207,19 +207,21 @@ def log_comparison(outcomes: list[CandidateOutcome]) -> pd.DataFrame:
 
 
 def _champion_metrics(cfg: PipelineConfig, outcome: CandidateOutcome,
-                      dataset: Dataset) -> tuple[dict[str, float] | None, str]:
-    """The current champion's metrics on this run's evaluation set, and how they were obtained."""
+                      dataset: Dataset) -> tuple[dict[str, float] | None, pd.DataFrame | None, str]:
+    """The current champion's metrics and per-question scores on this run's evaluation set, and how
+    they were obtained (the per-question scores feed the paired significance test)."""
     champion = promotion.current_champion(cfg.champion.model_name)
     if champion is None:
-        return None, "no champion"
+        return None, None, "no champion"
     if champion.tags.get("test_set") == outcome.bundle.lineage["test_set"]:
-        return promotion.champion_run_metrics(champion), "stored metrics (same evaluation set)"
+        return (promotion.champion_run_metrics(champion), promotion.champion_run_per_question(champion),
+                "stored metrics (same evaluation set)")
     # Different evaluation set: re-score the served champion on today's questions.
     model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@{promotion.CHAMPION}")
     test = dataset.split("test", cfg.data.max_questions_per_split.get("test"))
     report = evaluation.evaluate_candidate("champion", model.unwrap_python_model().answerer, test,
                                            dataset.doc_text(), cfg.evaluation, embedding_model_dir(cfg.index), cfg.seed)
-    return report.metrics, "re-scored on this evaluation set"
+    return report.metrics, report.per_question, "re-scored on this evaluation set"
 
 
 @task(name="promote", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -228,12 +230,14 @@ def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineCon
     by_name = {o.report.name: o for o in outcomes}
     with child_run("promote", parent_run_id):
         preliminary = decide({n: o.report.metrics for n, o in by_name.items()}, cfg.champion, None)
-        champion_metrics, scored_on = None, "no challenger"
+        champion_metrics, champion_per_question, scored_on = None, None, "no challenger"
         if preliminary.challenger is not None:
-            champion_metrics, scored_on = _champion_metrics(cfg, by_name[preliminary.challenger], dataset)
+            champion_metrics, champion_per_question, scored_on = _champion_metrics(
+                cfg, by_name[preliminary.challenger], dataset)
         mlflow.set_tag("champion_scored_on", scored_on)
         decision = decide({n: o.report.metrics for n, o in by_name.items()}, cfg.champion, champion_metrics,
-                          per_question={n: o.report.per_question for n, o in by_name.items()}, seed=cfg.seed)
+                          per_question={n: o.report.per_question for n, o in by_name.items()},
+                          champion_per_question=champion_per_question, seed=cfg.seed)
         mlflow.log_text(decision.to_markdown(cfg.champion), "decision.md")
         mlflow.log_dict(asdict(decision), "decision.json")
         mlflow.log_metric("promoted", float(decision.promote))

@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -64,6 +65,18 @@ def champion_run_metrics(champion: ModelVersion) -> dict[str, float]:
     """The evaluation metrics recorded for the champion's candidate run."""
     run_id = champion.tags.get("candidate_run_id")
     return dict(MlflowClient().get_run(run_id).data.metrics) if run_id else {}
+
+
+def champion_run_per_question(champion: ModelVersion) -> pd.DataFrame | None:
+    """The per-question scores logged by the champion's candidate run (None if it has none)."""
+    run_id, name = champion.tags.get("candidate_run_id"), champion.tags.get("candidate")
+    if not (run_id and name):
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"tables/per_question_{name}.csv")
+    except MlflowException:
+        return None
+    return pd.read_csv(path)
 
 
 def log_and_register(bundle: CandidateBundle, cfg: PipelineConfig, promote: bool) -> ModelVersion:

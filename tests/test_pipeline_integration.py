@@ -124,6 +124,9 @@ def test_second_run_within_margin_keeps_champion(first_run, workdir):
     promote_run = next(r for r in _runs(client, "ragtune-ci", second.run_id) if r.info.run_name == "promote")
     decision_md = Path(client.download_artifacts(promote_run.info.run_id, "decision.md", str(workdir))).read_text()
     assert "keep the current champion" in decision_md
+    # The champion's stored per-question scores feed the paired test: same adapter, same questions, no gain.
+    assert second.decision.significance is not None and not second.decision.significance.significant
+    assert "not tested" not in decision_md
 
 
 def test_broken_data_stops_at_validation(harness, monkeypatch_module, tmp_path):
