@@ -171,14 +171,13 @@ def _stored_vectors(root: Path, model_key: str) -> dict[str, np.ndarray]:
 
 def _assemble_vectors(chunks: pd.DataFrame, stored: dict[str, np.ndarray],
                       cfg: IndexConfig) -> tuple[np.ndarray, int]:
-    """Vectors for every chunk, embedding each distinct new text once; returns (vectors, embedded)."""
+    """Vectors for every chunk (the table is not empty), embedding each distinct new text once;
+    returns (vectors, embedded)."""
     missing = list(dict.fromkeys(h for h in chunks["content_hash"] if h not in stored))
     if missing:
         text_of = dict(zip(chunks["content_hash"], chunks["text"], strict=True))
         fresh = embed([text_of[h] for h in missing], cfg, show_progress=True)
         stored = {**stored, **dict(zip(missing, fresh, strict=True))}
-    if chunks.empty:
-        return np.zeros((0, _embedder(cfg).get_sentence_embedding_dimension()), dtype=np.float32), 0
     return np.ascontiguousarray(np.stack([stored[h] for h in chunks["content_hash"]]), dtype=np.float32), len(missing)
 
 
