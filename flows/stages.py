@@ -21,10 +21,10 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.report import comparison_figure, latency_figure, loss_figure
 from tasks import data_loading, evaluation, finetuning, indexing, promotion, validation
-from tasks.answering import Answerer, AnswerSource
+from tasks.answering import AnswerSource
 from tasks.champion import Decision, decide
 from tasks.data_loading import Dataset
-from tasks.endpoint import EndpointAnswerer
+from tasks.endpoint import answer_source
 from tasks.models import embedding_model_dir
 from tasks.settings import PipelineConfig
 from tasks.tracking import log_figure, log_table
@@ -157,10 +157,7 @@ def finetune(mode: finetuning.Mode, dataset: Dataset, cfg: PipelineConfig, base_
 def candidate_answerer(name: str, cfg: PipelineConfig, base_model_dir: str, adapter_dir: str | None,
                        index: indexing.IndexBuild | None) -> AnswerSource:
     retriever = indexing.Retriever(index.path, cfg.index) if name in RETRIEVING else None
-    if name == "rag" and cfg.generation.endpoint is not None:
-        return EndpointAnswerer(cfg.generation.endpoint, cfg.generation, retriever=retriever, top_k=cfg.index.top_k)
-    return Answerer(base_model_dir, cfg.generation, adapter_dir=adapter_dir, retriever=retriever,
-                    top_k=cfg.index.top_k)
+    return answer_source(name, cfg.generation, base_model_dir, adapter_dir, retriever, cfg.index.top_k)
 
 
 @task(name="evaluate-candidate", cache_policy=NO_CACHE)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import openai
 
-from tasks.answering import Answer, cut_at_stop, retrieve
+from tasks.answering import Answer, Answerer, AnswerSource, cut_at_stop, retrieve
 from tasks.indexing import Retriever
 from tasks.prompts import build_messages, clean_answer
 from tasks.settings import EndpointConfig, GenerationConfig
@@ -139,3 +139,12 @@ class EndpointAnswerer:
                        retrieval_ms=retrieval_s * 1000, ttft_ms=None, finish_reason=c.finish_reason,
                        api_cost_usd=c.cost(self.endpoint))
                 for q, hs, c in zip(chunk, hits, completions, strict=True)]
+
+
+def answer_source(candidate: str, gen_cfg: GenerationConfig, model_dir: str, adapter_dir: str | None,
+                  retriever: Retriever | None, top_k: int) -> AnswerSource:
+    """The system that answers for `candidate`, in evaluation and when served: the configured endpoint
+    generates for `rag` when `generation.endpoint` is set, the local SLM otherwise."""
+    if candidate == "rag" and gen_cfg.endpoint is not None:
+        return EndpointAnswerer(gen_cfg.endpoint, gen_cfg, retriever=retriever, top_k=top_k)
+    return Answerer(model_dir, gen_cfg, adapter_dir=adapter_dir, retriever=retriever, top_k=top_k)

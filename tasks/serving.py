@@ -2,7 +2,8 @@
 
 Artifacts: the pipeline config (YAML), the candidate description (JSON), the LoRA adapter
 (if the candidate has one) and the FAISS index version (if it retrieves). The base model is
-resolved from the config's offline source (converted once into the model cache).
+resolved from the config's offline source (converted once into the model cache). The `rag`
+candidate generates through `generation.endpoint` when the config sets one, as in evaluation.
 Input: a DataFrame (or dict) with a `question` column. Output: answer, sources, latency_ms.
 """
 
@@ -28,19 +29,20 @@ class RagtuneModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         enable_offline_mode()
-        from tasks.answering import Answerer
+        from tasks.endpoint import answer_source
         from tasks.indexing import Retriever
         from tasks.models import resolve_model_dir
         from tasks.settings import load_config
 
         cfg = load_config(context.artifacts[CONFIG_ARTIFACT])
         self.candidate = json.loads(Path(context.artifacts[CANDIDATE_ARTIFACT]).read_text())
+        self.adapter_dir = context.artifacts.get(ADAPTER_ARTIFACT)
         retriever = None
         if INDEX_ARTIFACT in context.artifacts:
             retriever = Retriever(Path(context.artifacts[INDEX_ARTIFACT]), cfg.index)
-        self.answerer = Answerer(
-            resolve_model_dir(cfg.base_model, cfg.model_cache), cfg.generation,
-            adapter_dir=context.artifacts.get(ADAPTER_ARTIFACT), retriever=retriever, top_k=cfg.index.top_k,
+        self.answerer = answer_source(
+            self.candidate["name"], cfg.generation, resolve_model_dir(cfg.base_model, cfg.model_cache),
+            self.adapter_dir, retriever, cfg.index.top_k,
         )
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:

@@ -269,3 +269,27 @@ def test_endpoint_and_judge_are_configurable_by_override():
     assert cfg.generation.endpoint.model == "big" and cfg.generation.endpoint.price_per_1k_output_tokens == 0.6
     assert cfg.evaluation.judge.api_key_env == "JUDGE_KEY" and cfg.evaluation.judge.max_retries == 3
     assert load_config("configs/default.yaml").evaluation.judge is None
+
+
+def test_registered_rag_model_generates_with_the_endpoint(generator, retriever, tiny_model_dir, tmp_path):
+    """The served model answers through the configured endpoint, exactly as the rag candidate was evaluated."""
+    import mlflow
+
+    from tasks.promotion import CandidateBundle, log_and_register
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config("configs/default.yaml", [
+        f"base_model={{path: '{tiny_model_dir}'}}", f"mlflow.tracking_uri={uri}", "index.top_k=1",
+        f"generation.endpoint={{base_url: '{generator.url}', model: big-llm}}", "generation.stop=['###']"])
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run():
+            log_and_register(CandidateBundle("rag", None, str(retriever.index_dir), {"test_set": "t"}), cfg, True)
+        model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    out = model.predict(pd.DataFrame({"question": QA["question"]}))
+    assert out["answer"].tolist() == ["212 kg", "9 pm", "212 kg"]
+    assert [json.loads(s) for s in out["sources"]] == [["d1"], ["d2"], ["d1"]]
+    assert len(generator.requests) == 3 and all(b["model"] == "big-llm" for b in generator.requests)
