@@ -178,6 +178,8 @@ def evaluate_candidate(name: str, dataset: Dataset, cfg: PipelineConfig, base_mo
         mlflow.log_params({"candidate": name, "retrieval": name in RETRIEVING, "adapter": bool(adapter_dir),
                            "max_new_tokens": cfg.generation.max_new_tokens})
         mlflow.log_metrics(report.metrics)
+        if report.absent:
+            mlflow.log_dict(report.absent, "absent_metrics.json")
         log_table(report.per_question, f"per_question_{name}.csv")
     bundle = promotion.CandidateBundle(name, adapter_dir, str(index.path) if (index and name in RETRIEVING) else None,
                                        lineage)
