@@ -4,10 +4,17 @@ real FAISS index, real SmolLM2 and MiniLM weights, on a slice of the demo data."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, write_jsonl
@@ -111,6 +118,54 @@ def test_registered_champion_answers_a_question(first_run, workdir):
     assert isinstance(json.loads(out.iloc[0]["sources"]), list)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {server.returncode}: {server.stdout.read()}")
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+
+
+def test_champion_served_by_mlflow_answers_over_http(first_run, workdir):
+    """`mlflow models serve -m models:/<name>@champion` on 127.0.0.1, as the README shows."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # mlflow starts uvicorn
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ragtune-ci@champion", "--env-manager",
+         "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/ping", server, timeout_s=300)
+        question = "How many people did Brightwater Instruments employ as of January 2026?"
+        reply = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=120,
+                              json={"dataframe_records": [{"question": question}]})
+        assert reply.status_code == 200, reply.text
+        (prediction,) = reply.json()["predictions"]
+        assert set(prediction) == {"answer", "sources", "latency_ms"}
+        assert prediction["answer"].strip() and prediction["latency_ms"] > 0
+        champion = client_for(workdir).get_model_version_by_alias("ragtune-ci", "champion")
+        sources = json.loads(prediction["sources"])
+        assert bool(sources) == (champion.tags["index_version"] != "none")
+        assert requests.post(f"http://127.0.0.1:{port}/invocations", timeout=30,
+                             json={"dataframe_records": [{"prompt": question}]}).status_code == 400
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_second_run_within_margin_keeps_champion(first_run, workdir):
     from flows.retrain import retrain_flow
 
@@ -127,6 +182,53 @@ def test_second_run_within_margin_keeps_champion(first_run, workdir):
     # The champion's stored per-question scores feed the paired test: same adapter, same questions, no gain.
     assert second.decision.significance is not None and not second.decision.significance.significant
     assert "not tested" not in decision_md
+
+
+def _random_adapter(base_model_dir: str, out: Path) -> str:
+    """A LoRA adapter of random weights on every linear layer: a deliberately broken finetune."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=1.0)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, workdir):
+    """The real evaluate and promote stages against the registered champion, with a broken challenger."""
+    from types import SimpleNamespace
+
+    from flows import stages
+    from flows.retrain import prepare
+    from tasks.indexing import build_index
+    from tasks.models import resolve_model_dir
+
+    client = client_for(workdir)
+    champion = client.get_model_version_by_alias("ragtune-ci", "champion")
+    champion_f1 = client.get_run(champion.tags["candidate_run_id"]).data.metrics["f1"]
+    assert champion_f1 > 0  # otherwise a broken challenger could not score below it
+
+    cfg = prepare(str(ROOT / "configs" / "ci.yaml"), overrides(workdir), None)
+    dataset = stages.load_data(cfg)
+    base_model_dir = resolve_model_dir(cfg.base_model, cfg.model_cache)
+    index = build_index(dataset.documents, dataset.fingerprint, cfg.index)
+    adapter = (SimpleNamespace(adapter_dir=_random_adapter(base_model_dir, workdir / "random-adapter")), "none")
+    broken = stages.evaluate_candidate("hybrid", dataset, cfg, base_model_dir, adapter, index, None)
+    decision = stages.promote([broken], dataset, cfg, None)
+
+    assert broken.report.metrics["f1"] < champion_f1
+    assert decision.challenger == "hybrid" and not decision.promote
+    assert decision.champion_score > decision.challenger_score
+    assert client.get_model_version_by_alias("ragtune-ci", "champion").version == champion.version
+    challenger = client.get_model_version_by_alias("ragtune-ci", "challenger")
+    assert int(challenger.version) > int(champion.version) and challenger.tags["candidate"] == "hybrid"
 
 
 def test_broken_data_stops_at_validation(harness, monkeypatch_module, tmp_path):
