@@ -47,6 +47,7 @@ IGNORE = -100
 CHECKPOINT_PREFIX = "step-"
 # Config keys that change where or how often things are written, never the trained weights.
 RUNTIME_ONLY_KEYS = {"output_root", "threads", "checkpoint_every_steps", "resume", "gpu"}
+PROMPT_KEYS = {"system_prompt", "context_instruction"}  # the generation settings that shape training prompts
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,8 @@ def adapter_key(mode: Mode, base_model_dir: str, fingerprint: str, index_version
     """Names an adapter by everything that shapes its weights (not by where or how often it is saved)."""
     payload = json.dumps({"mode": mode, "base": base_model_dir, "fp": fingerprint, "index": index_version,
                           "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS),
-                          "gen": gen_cfg.model_dump(mode="json"), "seed": seed, "runtime": asdict(runtime)},
+                          "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
+                          "runtime": asdict(runtime)},
                          sort_keys=True)
     return f"{mode}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 

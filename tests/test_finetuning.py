@@ -200,3 +200,11 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model_dir, tmp_pat
     kept = finetuning.heldout_loss(model, eval_enc, cfg.batch_size, tok.pad_token_id, CPU)
     assert kept == pytest.approx(result.eval_loss, rel=1e-5)
     assert kept < result.eval_losses[-1]
+
+
+def test_adapter_key_follows_prompts_not_decoding_settings(tiny_model_dir):
+    key = finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), GEN, 13, CPU)
+    decoding = GEN.model_copy(update={"batch_size": 16, "max_new_tokens": 32, "stop": ["###"]})
+    assert finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), decoding, 13, CPU) == key
+    prompt = GEN.model_copy(update={"system_prompt": "Answer in French."})
+    assert finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), prompt, 13, CPU) != key
