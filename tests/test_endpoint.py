@@ -284,7 +284,8 @@ def test_registered_rag_model_generates_with_the_endpoint(generator, retriever, 
     previous = mlflow.get_tracking_uri()
     try:
         mlflow.set_tracking_uri(uri)
-        with mlflow.start_run():
+        experiment = mlflow.create_experiment("served-rag", artifact_location=str(tmp_path / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
             log_and_register(CandidateBundle("rag", None, str(retriever.index_dir), {"test_set": "t"}), cfg, True)
         model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@champion")
     finally:
