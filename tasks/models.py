@@ -145,7 +145,7 @@ def load_causal_lm(model_dir: str, adapter_dir: str | Path | None = None):
     """Tokenizer and model (eval mode), with a LoRA adapter merged into the weights if given.
 
     Merging is for inference only: it gives the same outputs as the unmerged adapter without its
-    extra matmuls per layer (prefill 1.29x faster on the demo champion; benchmarks/bench_serving.py).
+    extra matmuls per layer (time to first token 1.17x faster on the demo champion; benchmarks/bench_serving.py).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
