@@ -62,8 +62,7 @@ def _per_question(answers: list[Answer], qa: pd.DataFrame, doc_text: dict[str, s
 def cost_per_1k_queries(table: pd.DataFrame, price_per_hour: float) -> float:
     """1000 × (mean compute seconds × hourly price / 3600 + mean endpoint token cost); see tasks.metrics."""
     compute = table["compute_seconds"].mean() * price_per_hour / 3600
-    api = table["api_cost_usd"].mean() if "api_cost_usd" in table else 0.0
-    return float(1000 * (compute + api))
+    return float(1000 * (compute + table["api_cost_usd"].mean()))
 
 
 def summarise(table: pd.DataFrame, cfg: EvaluationConfig, seed: int) -> dict[str, float]:
@@ -79,11 +78,11 @@ def summarise(table: pd.DataFrame, cfg: EvaluationConfig, seed: int) -> dict[str
             metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
     metrics["latency_p50_ms"] = float(np.percentile(table["latency_ms"], 50))
     metrics["latency_p95_ms"] = float(np.percentile(table["latency_ms"], 95))
-    ttft = table["ttft_ms"].dropna().astype(float) if "ttft_ms" in table else pd.Series(dtype=float)
+    ttft = table["ttft_ms"].dropna().astype(float)
     if not ttft.empty:
         metrics["ttft_p50_ms"] = float(np.percentile(ttft, 50))
         metrics["ttft_p95_ms"] = float(np.percentile(ttft, 95))
-    if "retrieval_ms" in table and table["retrieval_ms"].gt(0).any():
+    if table["retrieval_ms"].gt(0).any():
         metrics["retrieval_p50_ms"] = float(np.percentile(table["retrieval_ms"], 50))
     metrics["tokens_per_query"] = float(table["tokens"].mean())
     metrics["cost_per_1k_queries"] = cost_per_1k_queries(table, cfg.price_per_hour)
