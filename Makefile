@@ -30,6 +30,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 ui: setup
 	$(VENV)/bin/ragtune ui --config $(CONFIG)

@@ -117,21 +117,21 @@ def _probe_step(model, loss_fn) -> tuple[float, float, str]:
 def run_ours(work: dict) -> SideResult:
     import torch
 
-    from tasks import finetuning
+    from tasks import finetune_data, training
     from tasks.settings import FinetuneConfig
 
     torch.set_num_threads(work["threads"])
     cfg = FinetuneConfig.model_validate(work["finetune"])
-    runtime = finetuning.Runtime("cpu", "float32", cfg.batch_size)
+    runtime = training.Runtime("cpu", "float32", cfg.batch_size)
     encoded = [(ids, labels) for ids, labels in work["encoded"]]
-    model, _ = finetuning.prepare_model(work["model_dir"], cfg.lora, runtime, work["seed"])
+    model, _ = training.prepare_model(work["model_dir"], cfg.lora, runtime, work["seed"])
     lengths = [len(ids) for ids, _ in encoded]
-    first_epoch = finetuning.length_grouped_batches(lengths, cfg.batch_size, cfg.length_group_pool,
+    first_epoch = finetune_data.length_grouped_batches(lengths, cfg.batch_size, cfg.length_group_pool,
                                                     random.Random(work["seed"]))[: work["steps"]]
     padded = sum(len(b) * max(lengths[i] for i in b) for b in first_epoch)
-    probe = finetuning.collate([encoded[i] for i in _longest(work)], work["pad_id"])
-    rss_before, peak, method = _probe_step(model, lambda: finetuning.answer_loss(model, probe)[0])
-    state = finetuning.train_lora(model, encoded, [], cfg, runtime, work["seed"], work["pad_id"], progress=False)
+    probe = finetune_data.collate([encoded[i] for i in _longest(work)], work["pad_id"])
+    rss_before, peak, method = _probe_step(model, lambda: training.answer_loss(model, probe)[0])
+    state = training.train_lora(model, encoded, [], cfg, runtime, work["seed"], work["pad_id"], progress=False)
     return SideResult("ours", state.step, state.tokens, padded, state.seconds, sum(state.losses) / len(state.losses),
                       rss_before, peak, method, _frozen_params(model))
 
@@ -200,10 +200,11 @@ def prepare_work(args: argparse.Namespace) -> dict:
     """Encode the benchmark's examples once, so both sides train on identical token sequences."""
     from transformers import AutoTokenizer
 
-    from tasks import finetuning
+    from tasks import finetune_data
     from tasks.data_loading import load_dataset
-    from tasks.indexing import Retriever, build_index
+    from tasks.indexing import build_index
     from tasks.models import resolve_model_dir
+    from tasks.retrieval import Retriever
     from tasks.settings import load_config
 
     cfg = load_config(args.config)
@@ -219,10 +220,10 @@ def prepare_work(args: argparse.Namespace) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    examples = finetuning.build_examples(train, args.mode, tokenizer, cfg.generation, ft, retriever, cfg.seed)
+    examples = finetune_data.build_examples(train, args.mode, tokenizer, cfg.generation, ft, retriever, cfg.seed)
     return {"model_dir": model_dir, "seed": cfg.seed, "steps": args.steps, "pad_id": tokenizer.pad_token_id,
             "threads": args.threads or ft.threads or os.cpu_count() or 1, "finetune": ft.model_dump(mode="json"),
-            "encoded": [finetuning.encode_example(e, tokenizer, ft.max_length) for e in examples]}
+            "encoded": [finetune_data.encode_example(e, tokenizer, ft.max_length) for e in examples]}
 
 
 def _run_side(side: str, work_file: Path) -> SideResult:

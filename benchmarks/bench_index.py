@@ -37,7 +37,8 @@ from tasks.offline import enable_offline_mode  # noqa: E402
 
 enable_offline_mode()
 
-from tasks import indexing  # noqa: E402
+from tasks import indexing, retrieval  # noqa: E402
+from tasks.models import embedding_model_dir  # noqa: E402
 from tasks.settings import FaissConfig, IndexConfig, load_config  # noqa: E402
 from tasks.vector_index import build_faiss, recall_vs_exact  # noqa: E402
 
@@ -76,7 +77,7 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 
 
 def build_parts(cfg: IndexConfig, paragraphs: list[dict], min_chunks: int, change_share: float, seed: int):
-    model = indexing.load_embedder(str(indexing.embedding_model_dir(cfg)), cfg.threads)
+    model = retrieval.load_embedder(str(embedding_model_dir(cfg)), cfg.threads)
     model.encode(["warm-up"] * cfg.embed_batch_size, batch_size=cfg.embed_batch_size)
     variants = 1
     while True:
@@ -131,7 +132,7 @@ def latency_part(cfg: IndexConfig, base_vectors: np.ndarray, questions: list[str
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     sample = [questions[i] for i in rng.choice(len(questions), size=queries, replace=False)]
-    query_vectors = indexing.embed(sample, cfg)
+    query_vectors = retrieval.embed(sample, cfg)
     faiss_cfg = cfg.faiss
     table = Table(title=f"Query latency at {len(vectors):,} vectors ({queries} XQuAD questions, one at a time, "
                         f"{cfg.threads or 'default'} threads)")
@@ -144,7 +145,7 @@ def latency_part(cfg: IndexConfig, base_vectors: np.ndarray, questions: list[str
         for q, qv in zip(sample, query_vectors, strict=True):
             _, s = timed(index.search, qv[None, :], 10)
             search_only.append(s)
-            _, s = timed(lambda q=q, index=index: index.search(indexing.embed([q], cfg), 10))
+            _, s = timed(lambda q=q, index=index: index.search(retrieval.embed([q], cfg), 10))
             end_to_end.append(s)
         recall = recall_vs_exact(index, vectors, query_vectors, 10)
         hnsw = faiss_cfg.hnsw
@@ -174,7 +175,7 @@ def main() -> None:
         console.print(f"config {args.config}: batch {cfg.embed_batch_size}, threads {cfg.threads or 'default'}")
         if args.skip_build:
             texts = [p["text"] for p in paragraphs] * 9
-            base = indexing.embed([variant(t, i) for i, t in enumerate(texts[:2000])], cfg)
+            base = retrieval.embed([variant(t, i) for i, t in enumerate(texts[:2000])], cfg)
         else:
             base = build_parts(cfg, paragraphs, args.min_chunks, args.change_share, args.seed)
         latency_part(cfg.model_copy(update={"faiss": load_config(args.config, []).index.faiss}), base, questions,

@@ -22,7 +22,7 @@ console = Console() if sys.stdout.isatty() else Console(width=160)
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="YAML config (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key, e.g. finetune.epochs=2.")]
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data path (dir, SQuAD .json or HF dir).")]
-DEFAULT_CONFIG = "configs/default.yaml"
+DEFAULT_CONFIG = "configs/default.yaml"  # the same default as flows.pipeline (not imported: it loads Prefect)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -56,8 +56,8 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt =
     """Run the whole retraining pipeline and print the candidate table and the champion decision."""
     import pandas as pd
 
-    from flows.report import print_comparison
-    from flows.retrain import retrain_flow
+    from flows.pipeline import retrain_flow
+    from tasks.report import print_comparison
 
     result = _run(retrain_flow, config=config, overrides=set_ or [], data=data)
     print_comparison(pd.DataFrame(result.comparison), console)
@@ -69,10 +69,10 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt =
 @app.command()
 def validate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
     """Validate the data with the Great Expectations suites."""
-    from flows.stage_flows import validate_flow
+    from flows.pipeline import validate_flow
 
-    report = _run(validate_flow, config=config, overrides=set_ or [], data=data)
-    console.print(report.to_markdown())
+    result = _run(validate_flow, config=config, overrides=set_ or [], data=data)
+    console.print(result.validation.to_markdown())
 
 
 index_app = typer.Typer(help="Build, inspect and query the versioned FAISS index.", no_args_is_help=True)
@@ -82,9 +82,9 @@ app.add_typer(index_app, name="index")
 @index_app.command("build")
 def index_build(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
     """Validate the data, then build the index incrementally (or reuse it) and make it current."""
-    from flows.stage_flows import index_flow
+    from flows.pipeline import index_flow
 
-    build = _run(index_flow, config=config, overrides=set_ or [], data=data)
+    build = _run(index_flow, config=config, overrides=set_ or [], data=data).index
     state = "reused as is" if build.reused else (
         f"built: {build.embedded} chunks embedded, {build.reused_vectors} reused, {build.removed} removed")
     console.print(f"index {build.version} ({build.faiss_type}, {build.num_chunks} chunks) {state}; "
@@ -118,7 +118,8 @@ def index_search(query: str, k: Annotated[int | None, typer.Option("-k", help="H
     """Search the current index version and print the top-k chunks."""
     from rich.table import Table
 
-    from tasks.indexing import Retriever, current_index_dir
+    from tasks.indexing import current_index_dir
+    from tasks.retrieval import Retriever
     from tasks.settings import load_config
 
     cfg = _run(load_config, config, set_ or [])
@@ -132,14 +133,16 @@ def index_search(query: str, k: Annotated[int | None, typer.Option("-k", help="H
 
 
 @app.command()
-def finetune(mode: Annotated[str, typer.Option(help="closed_book or raft.")] = "closed_book",
+def finetune(mode: Annotated[str, typer.Option(help="Adapter mode: closed_book or raft.")] = "closed_book",
              config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
     """Train (or reuse) a LoRA adapter."""
-    from flows.stage_flows import finetune_flow
+    from tasks.candidates import ADAPTER_MODES
 
-    if mode not in ("closed_book", "raft"):
-        raise typer.BadParameter("mode must be closed_book or raft")
-    result = _run(finetune_flow, mode=mode, config=config, overrides=set_ or [], data=data)
+    if mode not in ADAPTER_MODES:
+        raise typer.BadParameter(f"mode must be one of {', '.join(ADAPTER_MODES)}")
+    from flows.pipeline import finetune_flow
+
+    result = _run(finetune_flow, mode=mode, config=config, overrides=set_ or [], data=data).adapters[mode].result
     console.print(f"adapter {result.adapter_dir}: eval loss {result.eval_loss:.3f}, perplexity {result.perplexity:.2f}")
 
 
@@ -148,18 +151,19 @@ def evaluate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: Data
     """Evaluate the configured candidates on the test split (no promotion)."""
     import pandas as pd
 
-    from flows.report import print_comparison
-    from flows.stage_flows import evaluate_flow
+    from flows.pipeline import evaluate_flow
+    from tasks.report import print_comparison
 
-    print_comparison(pd.DataFrame(_run(evaluate_flow, config=config, overrides=set_ or [], data=data)), console)
+    result = _run(evaluate_flow, config=config, overrides=set_ or [], data=data)
+    print_comparison(pd.DataFrame(result.comparison), console)
 
 
 @app.command()
 def promote(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None) -> None:
     """Evaluate the candidates and apply the champion policy to the registry."""
-    from flows.stage_flows import evaluate_flow
+    from flows.pipeline import evaluate_flow
 
-    decision = _run(evaluate_flow, config=config, overrides=set_ or [], data=data, promote=True)
+    decision = _run(evaluate_flow, config=config, overrides=set_ or [], data=data, promote=True).decision
     for reason in decision.reasons:
         console.print(f"• {reason}")
 
@@ -172,7 +176,7 @@ def ask(question: str, config: ConfigOpt = DEFAULT_CONFIG,
 
     import mlflow
 
-    from flows.retrain import prepare
+    from flows.pipeline import prepare
 
     cfg = _run(prepare, config, [], None)
     model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@{alias}")
@@ -182,22 +186,20 @@ def ask(question: str, config: ConfigOpt = DEFAULT_CONFIG,
 
 
 @app.command()
-def serve() -> None:
+def serve(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
+                                                     "(default: each one's config in prefect.yaml).")] = None) -> None:
     """Serve the deployments of prefect.yaml with their schedules (needs `prefect server start`)."""
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[yellow]PREFECT_API_URL is not set: schedules fire only with a running Prefect server "
                       "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api).[/]")
     from prefect import serve as prefect_serve
 
-    from flows.retrain import retrain_flow
-    from flows.stage_flows import evaluate_flow, index_flow
+    from flows.deployments import runner_deployments
+    from tasks.settings import load_config
 
-    prefect_serve(
-        retrain_flow.to_deployment(name="nightly-retrain", cron="0 2 * * *",
-                                   parameters={"config": DEFAULT_CONFIG}),
-        index_flow.to_deployment(name="index-refresh", cron="0 */6 * * *", parameters={"config": DEFAULT_CONFIG}),
-        evaluate_flow.to_deployment(name="on-demand-evaluation", parameters={"config": DEFAULT_CONFIG}),
-    )
+    if config is not None:
+        _run(load_config, config)
+    prefect_serve(*runner_deployments(config))
 
 
 @app.command()
@@ -205,7 +207,7 @@ def ui(config: ConfigOpt = DEFAULT_CONFIG, port: int = 5000) -> None:
     """Open the MLflow UI on 127.0.0.1 for this project's store."""
     import mlflow
 
-    from flows.retrain import prepare
+    from flows.pipeline import prepare
 
     _run(prepare, config, [], None)
     uri = mlflow.get_tracking_uri()

@@ -1,6 +1,7 @@
-"""A candidate system: an SLM (optionally with a LoRA adapter) and optional retrieval.
+"""A candidate system answering questions: an SLM (optionally with a LoRA adapter merged in) or an
+OpenAI-compatible endpoint, with optional retrieval; `answerer_for` builds the one a candidate declares.
 
-The same class answers questions in evaluation, in the registered MLflow model and in
+The same objects answer questions in evaluation, in the registered MLflow model and in
 `ragtune ask`, so what is measured is what is served. Latency, time to first token and
 compute time are defined in tasks.metrics.
 """
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from tasks.indexing import Hit, Retriever
+from tasks.candidates import Candidate
+from tasks.endpoint import EndpointClient
 from tasks.models import load_causal_lm
 from tasks.prompts import build_messages, clean_answer, render_prompt
-from tasks.settings import GenerationConfig
+from tasks.retrieval import Hit, Retriever
+from tasks.settings import EndpointConfig, GenerationConfig
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +47,7 @@ class Answer:
 
 
 class AnswerSource(Protocol):
-    """What evaluation and serving need from a candidate: Answerer or tasks.endpoint.EndpointAnswerer."""
+    """What evaluation and serving need from a candidate: an Answerer or an EndpointAnswerer."""
 
     retriever: Retriever | None
     top_k: int
@@ -175,6 +179,46 @@ class Answerer:
                                                             clock.finished_at, clock.reasons, strict=True)]
 
 
+class EndpointAnswerer:
+    """Answerer-compatible: same retrieval, same prompt messages, an endpoint generates.
+
+    Requests of a batch run `concurrency` at a time; latency follows tasks.metrics (batch start
+    to this question's response). Stop strings are sent and also applied locally, since not
+    every server honours them.
+    """
+
+    def __init__(self, endpoint: EndpointConfig, gen_cfg: GenerationConfig, retriever: Retriever | None = None,
+                 top_k: int = 3):
+        self.endpoint = endpoint
+        self.client = EndpointClient(endpoint)
+        self.gen_cfg = gen_cfg
+        self.retriever = retriever
+        self.top_k = top_k
+
+    def answer(self, questions: list[str], batch_size: int | None = None) -> list[Answer]:
+        batch_size = batch_size or self.gen_cfg.batch_size
+        answers: list[Answer] = []
+        with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
+            for start in range(0, len(questions), batch_size):
+                answers += self._answer_batch(questions[start:start + batch_size], pool)
+        return answers
+
+    def _answer_batch(self, chunk: list[str], pool: ThreadPoolExecutor) -> list[Answer]:
+        t0 = time.perf_counter()
+        hits, retrieval_s = retrieve(self.retriever, chunk, self.top_k)
+        messages = [build_messages(q, [h.text for h in hs] if self.retriever else None, self.gen_cfg)
+                    for q, hs in zip(chunk, hits, strict=True)]
+        completions = list(pool.map(
+            lambda m: self.client.complete(m, self.gen_cfg.max_new_tokens, self.gen_cfg.stop), messages))
+        share = (time.perf_counter() - t0) / len(chunk)
+        return [Answer(q, clean_answer(cut_at_stop(c.text, self.gen_cfg.stop)), hs,
+                       latency_ms=(c.finished_at - t0) * 1000, compute_seconds=share,
+                       prompt_tokens=c.prompt_tokens, new_tokens=c.completion_tokens,
+                       retrieval_ms=retrieval_s * 1000, ttft_ms=None, finish_reason=c.finish_reason,
+                       api_cost_usd=c.cost(self.endpoint))
+                for q, hs, c in zip(chunk, hits, completions, strict=True)]
+
+
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> set[int]:
     """The tokenizer's EOS plus the model's generation-config EOS ids (chat models often end turns with another)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -182,3 +226,14 @@ def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> set[
     if configured is not None:
         ids |= set(configured) if isinstance(configured, list) else {configured}
     return ids
+
+
+def answerer_for(candidate: Candidate, gen_cfg: GenerationConfig, model_dir: str, adapter_dir: str | Path | None,
+                 retriever: Retriever | None, top_k: int) -> AnswerSource:
+    """The system that answers for `candidate`, in evaluation and when served: `generation.endpoint` for a
+    candidate declared `endpoint=True` when one is configured, the local SLM (with the adapter) otherwise."""
+    if candidate.retrieves != (retriever is not None):
+        raise ValueError(f"candidate {candidate.name} {'needs a' if candidate.retrieves else 'takes no'} retriever")
+    if candidate.endpoint and gen_cfg.endpoint is not None:
+        return EndpointAnswerer(gen_cfg.endpoint, gen_cfg, retriever=retriever, top_k=top_k)
+    return Answerer(model_dir, gen_cfg, adapter_dir=adapter_dir, retriever=retriever, top_k=top_k)

@@ -100,6 +100,17 @@ def compare_paired(challenger: pd.DataFrame, champion: pd.DataFrame, policy: Cha
     return result, what, note
 
 
+def _eligible(candidates: dict[str, dict[str, float]], policy: ChampionConfig) -> dict[str, float]:
+    return {n: s for n, m in candidates.items()
+            if not violations(m, policy) and not math.isnan(s := objective(m, policy))}
+
+
+def pick_challenger(candidates: dict[str, dict[str, float]], policy: ChampionConfig) -> str | None:
+    """The best candidate that meets every constraint (ties go to the later name), or None."""
+    eligible = _eligible(candidates, policy)
+    return max(eligible, key=lambda n: (eligible[n], n)) if eligible else None
+
+
 def decide(candidates: dict[str, dict[str, float]], policy: ChampionConfig,
            champion_metrics: dict[str, float] | None, per_question: dict[str, pd.DataFrame] | None = None,
            champion_per_question: pd.DataFrame | None = None, seed: int = 0) -> Decision:
@@ -110,7 +121,7 @@ def decide(candidates: dict[str, dict[str, float]], policy: ChampionConfig,
     """
     scores = {name: objective(m, policy) for name, m in candidates.items()}
     viols = {name: violations(m, policy) for name, m in candidates.items()}
-    eligible = {n: s for n, s in scores.items() if not viols[n] and not math.isnan(s)}
+    eligible = _eligible(candidates, policy)
     decision = Decision(None, None, None, False, scores, viols)
     for name, v in viols.items():
         if v:
@@ -119,7 +130,7 @@ def decide(candidates: dict[str, dict[str, float]], policy: ChampionConfig,
         decision.significance_note = "not tested: there is no challenger"
         decision.reasons.append("no candidate meets the constraints: nothing is promoted")
         return decision
-    best = max(eligible, key=lambda n: (eligible[n], n))
+    best = pick_challenger(candidates, policy)
     decision.challenger, decision.challenger_score = best, eligible[best]
     decision.reasons.append(f"challenger: {best} (objective {eligible[best]:.4f}, best of {sorted(eligible)})")
     if champion_metrics is None:

@@ -1,7 +1,5 @@
-"""Load stage: read any supported source and normalise it to the two tables of the data contract.
-
-documents: doc_id, title, text, source, updated_at
-qa:        qa_id, question, answer (list of accepted answers), doc_id, split
+"""Load stage: read any supported source and normalise it to the two tables of the data contract
+(tasks.schema).
 
 Supported sources: a directory holding `documents` + `qa` files (JSONL, CSV or Parquet), a
 SQuAD-format JSON file (paragraphs become documents; split assigned by a stable hash), and a
@@ -19,11 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.metrics import normalize_answer
-from tasks.settings import SPLITS, DataConfig
+from tasks.schema import DOC_COLUMNS, OPTIONAL_DOC_COLUMNS, QA_COLUMNS, REQUIRED_DOC_COLUMNS, SPLITS
+from tasks.settings import DataConfig
+from tasks.text import normalize_answer
 
-DOC_COLUMNS = ["doc_id", "title", "text", "source", "updated_at"]
-QA_COLUMNS = ["qa_id", "question", "answer", "doc_id", "split"]
 TABLE_SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 
 
@@ -126,18 +123,18 @@ def normalise_tables(docs: pd.DataFrame, qa: pd.DataFrame, doc_path: Path | str,
     pd.DataFrame, pd.DataFrame
 ]:
     """Coerce raw tables to the contract's columns and types; ids become strings, answers lists."""
-    _require_columns(docs, ["doc_id", "title", "text"], doc_path)
-    _require_columns(qa, ["qa_id", "question", "answer", "doc_id", "split"], qa_path)
+    _require_columns(docs, list(REQUIRED_DOC_COLUMNS), doc_path)
+    _require_columns(qa, list(QA_COLUMNS), qa_path)
     docs = docs.copy()
-    for col in ("source", "updated_at"):
+    for col in OPTIONAL_DOC_COLUMNS:
         if col not in docs.columns:
             docs[col] = None
-    docs = docs[DOC_COLUMNS]
+    docs = docs[list(DOC_COLUMNS)]
     for col in DOC_COLUMNS:
         docs[col] = docs[col].map(_as_text).astype(object)
-    for col in ("source", "updated_at"):  # CSV writes a missing optional value as ""
+    for col in OPTIONAL_DOC_COLUMNS:  # CSV writes a missing optional value as ""
         docs[col] = docs[col].map(lambda v: v or None).astype(object)
-    qa = qa[QA_COLUMNS].copy()
+    qa = qa[list(QA_COLUMNS)].copy()
     for col in ("qa_id", "question", "doc_id", "split"):
         qa[col] = qa[col].map(_as_text).astype(object)
     qa["answer"] = [

@@ -1,4 +1,5 @@
-"""OpenAI-compatible chat-completions endpoints: a larger LLM as the RAG generator, or the ragas judge.
+"""The OpenAI-compatible chat-completions client: a larger LLM as a generator (tasks.answering), or the
+ragas judge (tasks.metrics).
 
 Requests go through the `openai` client with the configured timeout and retries (exponential
 backoff on timeouts, connection errors, 408/409/429 and 5xx; it honours Retry-After). Failures
@@ -9,15 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import openai
 
-from tasks.answering import Answer, Answerer, AnswerSource, cut_at_stop, retrieve
-from tasks.indexing import Retriever
-from tasks.prompts import build_messages, clean_answer
-from tasks.settings import EndpointConfig, GenerationConfig
+from tasks.settings import EndpointConfig
 
 NO_KEY = "EMPTY"  # placeholder bearer token for servers that need none (the openai client insists on one)
 
@@ -99,52 +96,3 @@ class EndpointClient:
                                 "so its configured token prices cannot be applied")
         return Completion(choice.message.content or "", usage.prompt_tokens if usage else 0,
                           usage.completion_tokens if usage else 0, choice.finish_reason or "", finished_at)
-
-
-class EndpointAnswerer:
-    """Answerer-compatible: same retrieval, same prompt messages, an endpoint generates.
-
-    Requests of a batch run `concurrency` at a time; latency follows tasks.metrics (batch start
-    to this question's response). Stop strings are sent and also applied locally, since not
-    every server honours them.
-    """
-
-    def __init__(self, endpoint: EndpointConfig, gen_cfg: GenerationConfig, retriever: Retriever | None = None,
-                 top_k: int = 3):
-        self.endpoint = endpoint
-        self.client = EndpointClient(endpoint)
-        self.gen_cfg = gen_cfg
-        self.retriever = retriever
-        self.top_k = top_k
-
-    def answer(self, questions: list[str], batch_size: int | None = None) -> list[Answer]:
-        batch_size = batch_size or self.gen_cfg.batch_size
-        answers: list[Answer] = []
-        with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
-            for start in range(0, len(questions), batch_size):
-                answers += self._answer_batch(questions[start:start + batch_size], pool)
-        return answers
-
-    def _answer_batch(self, chunk: list[str], pool: ThreadPoolExecutor) -> list[Answer]:
-        t0 = time.perf_counter()
-        hits, retrieval_s = retrieve(self.retriever, chunk, self.top_k)
-        messages = [build_messages(q, [h.text for h in hs] if self.retriever else None, self.gen_cfg)
-                    for q, hs in zip(chunk, hits, strict=True)]
-        completions = list(pool.map(
-            lambda m: self.client.complete(m, self.gen_cfg.max_new_tokens, self.gen_cfg.stop), messages))
-        share = (time.perf_counter() - t0) / len(chunk)
-        return [Answer(q, clean_answer(cut_at_stop(c.text, self.gen_cfg.stop)), hs,
-                       latency_ms=(c.finished_at - t0) * 1000, compute_seconds=share,
-                       prompt_tokens=c.prompt_tokens, new_tokens=c.completion_tokens,
-                       retrieval_ms=retrieval_s * 1000, ttft_ms=None, finish_reason=c.finish_reason,
-                       api_cost_usd=c.cost(self.endpoint))
-                for q, hs, c in zip(chunk, hits, completions, strict=True)]
-
-
-def answer_source(candidate: str, gen_cfg: GenerationConfig, model_dir: str, adapter_dir: str | None,
-                  retriever: Retriever | None, top_k: int) -> AnswerSource:
-    """The system that answers for `candidate`, in evaluation and when served: the configured endpoint
-    generates for `rag` when `generation.endpoint` is set, the local SLM otherwise."""
-    if candidate == "rag" and gen_cfg.endpoint is not None:
-        return EndpointAnswerer(gen_cfg.endpoint, gen_cfg, retriever=retriever, top_k=top_k)
-    return Answerer(model_dir, gen_cfg, adapter_dir=adapter_dir, retriever=retriever, top_k=top_k)

@@ -1,14 +1,24 @@
-"""Evaluate stage: score one candidate system on held-out questions (see tasks.metrics for definitions)."""
+"""Evaluate stage: score one candidate system on held-out questions (see tasks.metrics for definitions).
+
+`run_candidate` builds the system a candidate declares (tasks.candidates) from this run's adapter
+and index, answers the test split with it and scores the answers; `evaluate_candidate` scores any
+answerer (the registered champion's too, when it is re-scored on a new evaluation set).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.answering import Answer, AnswerSource
+from tasks.answering import Answer, AnswerSource, answerer_for
+from tasks.candidates import Candidate, CandidateBundle
+from tasks.data_loading import Dataset
+from tasks.finetuning import TrainedAdapter
+from tasks.indexing import IndexBuild
 from tasks.metrics import (
     JUDGE_METRICS,
     answer_support,
@@ -19,7 +29,10 @@ from tasks.metrics import (
     ragas_scores,
     retrieval_scores,
 )
-from tasks.settings import EvaluationConfig
+from tasks.models import embedding_model_dir
+from tasks.records import RunRecord
+from tasks.retrieval import Retriever
+from tasks.settings import EvaluationConfig, PipelineConfig
 
 QUALITY_METRICS = ("exact_match", "f1", "groundedness", "hallucination_rate", "string_similarity", "rouge", "bleu",
                    "semantic_similarity", "context_precision", "context_recall", *JUDGE_METRICS)
@@ -132,3 +145,72 @@ def comparison_table(reports: list[CandidateReport]) -> pd.DataFrame:
                 row[f"{c}_ci"] = f"[{r.metrics[f'{c}_ci_low']:.2f}, {r.metrics[f'{c}_ci_high']:.2f}]"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+@dataclass
+class CandidateOutcome:
+    """A candidate's evaluation in this run: its report, the MLflow run holding it, and what serving it needs."""
+
+    report: CandidateReport
+    run_id: str
+    bundle: CandidateBundle
+
+
+def evaluation_set_id(dataset: Dataset, test: pd.DataFrame) -> str:
+    """Names the exact evaluation set: same id means scores are directly comparable."""
+    digest = hashlib.sha256("\n".join(sorted(test["qa_id"])).encode()).hexdigest()[:12]
+    return f"{dataset.fingerprint}:{len(test)}:{digest}"
+
+
+def evaluation_questions(dataset: Dataset, cfg: PipelineConfig) -> pd.DataFrame:
+    """The evaluation set: the test split, capped by data.max_questions_per_split.test."""
+    return dataset.split("test", cfg.data.max_questions_per_split.get("test"))
+
+
+def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, base_model_dir: str,
+                  adapter: TrainedAdapter | None, index: IndexBuild | None, run_id: str) -> CandidateOutcome:
+    """Evaluate `candidate` as this run built it (`adapter` for its adapter mode, `index` if it retrieves)."""
+    if (candidate.adapter is not None) != (adapter is not None):
+        raise ValueError(f"candidate {candidate.name} needs the {candidate.adapter or 'no'} adapter")
+    index_dir = index.path if (index is not None and candidate.retrieves) else None
+    retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
+    adapter_dir = adapter.adapter_dir if adapter else None
+    test = evaluation_questions(dataset, cfg)
+    answerer = answerer_for(candidate, cfg.generation, base_model_dir, adapter_dir, retriever, cfg.index.top_k)
+    report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
+                                embedding_model_dir(cfg.index), cfg.seed)
+    lineage = {"data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
+               "index_version": index.version if index_dir is not None else "none",
+               "adapter_run": adapter.run_id if adapter else "none", "candidate_run_id": run_id,
+               "test_set": evaluation_set_id(dataset, test)}
+    bundle = CandidateBundle(candidate.name, adapter_dir, str(index_dir) if index_dir is not None else None, lineage)
+    return CandidateOutcome(report, run_id, bundle)
+
+
+def candidate_record(outcome: CandidateOutcome, cfg: PipelineConfig) -> RunRecord:
+    report, bundle = outcome.report, outcome.bundle
+    record = RunRecord(
+        tags={"candidate": report.name, **bundle.lineage},
+        params={"candidate": report.name, "retrieval": bundle.index_dir is not None,
+                "adapter": bool(bundle.adapter_dir), "max_new_tokens": cfg.generation.max_new_tokens},
+        metrics=report.metrics, tables={f"per_question_{report.name}.csv": report.per_question})
+    if report.absent:
+        record.dicts["absent_metrics.json"] = report.absent
+    return record
+
+
+def candidate_summary(report: CandidateReport) -> str:
+    m = report.metrics
+    return f"candidate {report.name}: EM {m['exact_match']:.3f} F1 {m['f1']:.3f} p50 {m['latency_p50_ms']:.0f} ms"
+
+
+def comparison_record(reports: list[CandidateReport]) -> tuple[pd.DataFrame, RunRecord]:
+    """The comparison table, its chart with intervals and the latency distributions, for the parent run."""
+    from tasks.report import comparison_figure, latency_figure
+
+    table = comparison_table(reports)
+    return table, RunRecord(
+        texts={"comparison.md": table.to_markdown(index=False, floatfmt=".3f")},
+        tables={"comparison.csv": table},
+        figures={"plots/comparison.png": lambda: comparison_figure(reports),
+                 "plots/latency.png": lambda: latency_figure(reports)})

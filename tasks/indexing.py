@@ -32,27 +32,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.atomic import atomic_directory, clear_staging
 from tasks.chunking import chunk_documents
-from tasks.metrics import retrieval_scores
 from tasks.models import embedding_model_dir
+from tasks.records import RunRecord
+from tasks.retrieval import Retriever, embed, embedder, evaluate_retrieval, faiss_type
 from tasks.settings import IndexConfig
-from tasks.vector_index import FLAT, build_faiss, choose_type, configure_search, recall_vs_exact
+from tasks.vector_index import FLAT, build_faiss, choose_type, recall_vs_exact
 
 CURRENT = "CURRENT"
 FILES = ("index.faiss", "chunks.parquet", "vectors.npy", "manifest.json")
-RETRIEVAL_METRICS = ("recall", "precision", "mrr", "ndcg")
 
 
 class IndexBuildError(RuntimeError):
     """The index cannot be built with this configuration (the message names the key)."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    chunk_id: str
-    doc_id: str
-    text: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -70,20 +63,6 @@ class IndexBuild:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(model_dir: str, threads: int | None = None):
-    """One SentenceTransformer per process and model directory."""
-    from sentence_transformers import SentenceTransformer
-
-    if threads:
-        import faiss
-        import torch
-
-        torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
-    return SentenceTransformer(model_dir, device="cpu")
-
-
-@lru_cache(maxsize=4)
 def embedding_model_key(model_dir: str) -> str:
     """Identity of the embedding weights: stored vectors are reusable only under the same key."""
     h = hashlib.sha256()
@@ -96,20 +75,8 @@ def embedding_model_key(model_dir: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _embedder(cfg: IndexConfig):
-    return load_embedder(str(embedding_model_dir(cfg)), cfg.threads)
-
-
-def embed(texts: list[str], cfg: IndexConfig, show_progress: bool = False) -> np.ndarray:
-    vectors = _embedder(cfg).encode(
-        texts, batch_size=cfg.embed_batch_size, normalize_embeddings=True,
-        convert_to_numpy=True, show_progress_bar=show_progress,
-    )
-    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), -1)
-
-
 def _check_chunk_length(cfg: IndexConfig) -> None:
-    model = _embedder(cfg)
+    model = embedder(cfg)
     limit = model.max_seq_length - 2  # [CLS] and [SEP]
     if cfg.chunking.max_tokens > limit:
         raise IndexBuildError(f"index.chunking.max_tokens={cfg.chunking.max_tokens} exceeds the embedding model's "
@@ -134,8 +101,7 @@ def _build_lock(root: Path) -> Iterator[None]:
     """Exclusive lock on the index root; leftovers of a killed build are removed under it."""
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for stale in root.glob(".idx-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        clear_staging(root, "idx-")
         for stale in root.glob(".CURRENT-*"):
             stale.unlink(missing_ok=True)
         try:
@@ -200,11 +166,11 @@ def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
             _write_pointer(root, version)
             _prune(root, cfg.keep_versions)
             return IndexBuild(version, final, manifest["num_chunks"], True, time.perf_counter() - start,
-                              reused_vectors=manifest["num_chunks"], faiss_type=_faiss_type(manifest),
+                              reused_vectors=manifest["num_chunks"], faiss_type=faiss_type(manifest),
                               ann_recall=manifest.get("ann_recall_at_k"))
 
         _check_chunk_length(cfg)
-        chunks = chunk_documents(documents, cfg.chunking, _embedder(cfg).tokenizer)
+        chunks = chunk_documents(documents, cfg.chunking, embedder(cfg).tokenizer)
         if chunks.empty:
             raise IndexBuildError("no chunks: every document is empty")
         stored = _stored_vectors(root, embedding_model_key(model_dir))
@@ -237,21 +203,11 @@ def _write_version(root: Path, version: str, index, chunks: pd.DataFrame, vector
                    manifest: dict) -> None:
     import faiss
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
-    try:
+    with atomic_directory(root / version) as staging:
         faiss.write_index(index, str(staging / "index.faiss"))
         chunks.to_parquet(staging / "chunks.parquet", index=False)
         np.save(staging / "vectors.npy", vectors)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        staging.rename(root / version)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _faiss_type(manifest: dict) -> str:
-    """Versions written before the FAISS type was configurable are flat."""
-    return manifest.get("faiss", {}).get("type", FLAT)
 
 
 def _versions(root: Path) -> list[Path]:
@@ -279,56 +235,56 @@ def index_status(cfg: IndexConfig) -> list[dict]:
         size = sum(f.stat().st_size for f in path.iterdir())
         chunking = m.get("chunking", {"strategy": "chars", "max_tokens": m.get("chunk_chars")})
         rows.append({"version": m["version"], "current": m["version"] == current, "built_at": m["built_at"],
-                     "data_fingerprint": m["data_fingerprint"], "faiss_type": _faiss_type(m),
+                     "data_fingerprint": m["data_fingerprint"], "faiss_type": faiss_type(m),
                      "chunking": f"{chunking['strategy']}/{chunking['max_tokens']}",
                      "num_documents": m["num_documents"], "num_chunks": m["num_chunks"],
                      "embedded": m.get("embedded", m["num_chunks"]), "size_mb": round(size / 2**20, 2)})
     return rows
 
 
-class Retriever:
-    """Top-k search over one index version; the embedding model is shared per process."""
-
-    def __init__(self, index_dir: Path, cfg: IndexConfig):
-        import faiss
-
-        self.index_dir = Path(index_dir)
-        self.cfg = cfg
-        self.manifest = json.loads((self.index_dir / "manifest.json").read_text())
-        self.index = faiss.read_index(str(self.index_dir / "index.faiss"))
-        configure_search(self.index, _faiss_type(self.manifest), cfg.faiss)
-        chunks = pd.read_parquet(self.index_dir / "chunks.parquet", columns=["chunk_id", "doc_id", "text"])
-        self._chunk_ids, self._doc_ids, self._texts = (chunks[c].tolist() for c in ("chunk_id", "doc_id", "text"))
-
-    @property
-    def version(self) -> str:
-        return self.manifest["version"]
-
-    def chunk_table(self) -> pd.DataFrame:
-        """Every chunk of this version (ids, text, span, content hash), in index order."""
-        return pd.read_parquet(self.index_dir / "chunks.parquet")
-
-    def search(self, queries: list[str], k: int | None = None) -> list[list[Hit]]:
-        return self.search_vectors(embed(queries, self.cfg), k)
-
-    def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[Hit]]:
-        k = min(k or self.cfg.top_k, self.index.ntotal)
-        scores, ids = self.index.search(vectors, k)
-        return [[Hit(self._chunk_ids[i], self._doc_ids[i], self._texts[i], float(s))
-                 for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-                for row_scores, row_ids in zip(scores, ids, strict=True)]
 
 
-def evaluate_retrieval(retriever: Retriever, qa: pd.DataFrame, ks: Sequence[int]) -> dict[str, float]:
-    """Mean recall/precision/mrr/ndcg of the gold document at each k: keys like `recall_at_5`."""
-    if qa.empty:
-        return {}
-    hits = retriever.search(qa["question"].tolist(), max(ks))
-    out = {}
-    for k in ks:
-        per_q = [retrieval_scores([h.doc_id for h in row], gold, k)
-                 for row, gold in zip(hits, qa["doc_id"], strict=True)]
-        for name in RETRIEVAL_METRICS:
-            key = "mrr" if name == "mrr" else f"{name}_at_k"
-            out[f"{name}_at_{k}"] = float(np.mean([s[key] for s in per_q]))
-    return out
+@dataclass(frozen=True)
+class IndexReport:
+    """The index stage's outcome: the build and its retrieval quality on validation and test questions."""
+
+    build: IndexBuild
+    quality: dict[str, float]  # val_recall_at_3, test_mrr_at_5, ... for every k in eval_k and top_k
+    manifest: dict
+
+
+def refresh_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig, validation_qa: pd.DataFrame,
+                  test_qa: pd.DataFrame) -> IndexReport:
+    """The index stage: build or reuse the index (made CURRENT), then measure retrieval of the gold documents."""
+    build = build_index(documents, fingerprint, cfg, recall_queries=validation_qa["question"].tolist())
+    retriever = Retriever(build.path, cfg)
+    ks = sorted({*cfg.eval_k, cfg.top_k})
+    quality = {f"{prefix}_{name}": value
+               for prefix, qa in (("val", validation_qa), ("test", test_qa))
+               for name, value in evaluate_retrieval(retriever, qa, ks).items()}
+    return IndexReport(build, quality, retriever.manifest)
+
+
+def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> RunRecord:
+    build = report.build
+    counts = {"num_chunks": build.num_chunks, "embedded_chunks": build.embedded,
+              "reused_vectors": build.reused_vectors, "removed_chunks": build.removed, "build_seconds": build.seconds}
+    if build.ann_recall is not None:
+        counts[f"ann_recall_at_{cfg.faiss.recall_k}"] = build.ann_recall
+    return RunRecord(
+        tags={"index_version": build.version, "data_fingerprint": fingerprint, "reused": str(build.reused),
+              "faiss_type": build.faiss_type},
+        params={"chunking": cfg.chunking.strategy, "max_tokens": cfg.chunking.max_tokens,
+                "overlap_tokens": cfg.chunking.overlap_tokens, "faiss_type": build.faiss_type, "top_k": cfg.top_k,
+                "embedding_model": report.manifest["embedding_model"]},
+        metrics={**report.quality, **counts},
+        dicts={"index/manifest.json": report.manifest},
+    )
+
+
+def index_summary(report: IndexReport, cfg: IndexConfig) -> str:
+    build, k, nan = report.build, cfg.top_k, float("nan")
+    return (f"index {build.version} ({'reused' if build.reused else 'built'}, {build.faiss_type}): "
+            f"{build.num_chunks} chunks, {build.embedded} embedded, {build.reused_vectors} reused, "
+            f"{build.removed} removed; validation recall@{k} {report.quality.get(f'val_recall_at_{k}', nan):.3f}, "
+            f"ndcg@{k} {report.quality.get(f'val_ndcg_at_{k}', nan):.3f}")

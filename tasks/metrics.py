@@ -37,8 +37,6 @@
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,10 +45,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tasks.text import normalize_answer
+
 if TYPE_CHECKING:
     from tasks.settings import EndpointConfig
 
-_PUNCT = set(string.punctuation)
 RAGAS_COLUMNS = {
     "non_llm_string_similarity": "string_similarity",
     "rouge_score(mode=fmeasure)": "rouge",
@@ -60,14 +59,6 @@ RAGAS_COLUMNS = {
     "semantic_similarity": "semantic_similarity",
 }
 JUDGE_METRICS = ("faithfulness", "answer_correctness")
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD v1.1 normalisation, as in the official evaluate-v1.1.py."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
 
 
 def _f1_single(prediction: str, gold: str) -> float:

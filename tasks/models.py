@@ -16,10 +16,9 @@ import importlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from tasks.atomic import atomic_directory
 from tasks.settings import IndexConfig, ModelSource
 
 log = logging.getLogger(__name__)
@@ -55,15 +54,9 @@ def _convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _assembled_gguf(package: str, gguf_file: str, cache_dir: Path) -> Path:

@@ -1,14 +1,17 @@
-"""Promote stage: log the challenger as a pyfunc, register it, and move the aliases.
+"""Promote stage: apply the champion policy (tasks.champion) to this run's candidates, log the
+challenger as a pyfunc, register it, and move the aliases.
 
+The current champion is compared on this run's evaluation set: with its stored scores when it was
+evaluated on the same set, else re-scored through its registered model on today's questions.
 Every run's challenger is registered and gets the alias `challenger`; `champion` moves to it
-only when the policy's decision says so (tasks.champion). Version tags carry the lineage.
+only when the policy's decision says so. Version tags carry the lineage.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,6 +24,12 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 import tasks
+from tasks.candidates import CandidateBundle
+from tasks.champion import Decision, decide, pick_challenger
+from tasks.data_loading import Dataset
+from tasks.evaluation import CandidateOutcome, evaluate_candidate, evaluation_questions
+from tasks.models import embedding_model_dir
+from tasks.records import RunRecord
 from tasks.serving import ADAPTER_ARTIFACT, CANDIDATE_ARTIFACT, CONFIG_ARTIFACT, INDEX_ARTIFACT, RagtuneModel
 from tasks.settings import PipelineConfig, config_to_yaml
 
@@ -32,16 +41,6 @@ SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question")]),
     outputs=Schema([ColSpec("string", "answer"), ColSpec("string", "sources"), ColSpec("double", "latency_ms")]),
 )
-
-
-@dataclass(frozen=True)
-class CandidateBundle:
-    """What serving one candidate needs, besides the base model named in the config."""
-
-    name: str
-    adapter_dir: str | None
-    index_dir: str | None
-    lineage: dict[str, str]
 
 
 def _requirements() -> list[str]:
@@ -105,3 +104,55 @@ def log_and_register(bundle: CandidateBundle, cfg: PipelineConfig, promote: bool
     if promote:
         client.set_registered_model_alias(mv.name, CHAMPION, mv.version)
     return client.get_model_version(mv.name, mv.version)
+
+
+def champion_baseline(cfg: PipelineConfig, challenger: CandidateOutcome,
+                      dataset: Dataset) -> tuple[dict[str, float] | None, pd.DataFrame | None, str]:
+    """The current champion's metrics and per-question scores on this run's evaluation set, and how
+    they were obtained (the per-question scores feed the paired significance test)."""
+    champion = current_champion(cfg.champion.model_name)
+    if champion is None:
+        return None, None, "no champion"
+    if champion.tags.get("test_set") == challenger.bundle.lineage["test_set"]:
+        return champion_run_metrics(champion), champion_run_per_question(champion), \
+            "stored metrics (same evaluation set)"
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@{CHAMPION}")
+    report = evaluate_candidate("champion", model.unwrap_python_model().answerer, evaluation_questions(dataset, cfg),
+                                dataset.doc_text(), cfg.evaluation, embedding_model_dir(cfg.index), cfg.seed)
+    return report.metrics, report.per_question, "re-scored on this evaluation set"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    decision: Decision
+    champion_scored_on: str  # how the current champion's scores were obtained
+    version: ModelVersion | None  # the registered challenger, if there is one
+
+
+def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineConfig) -> Promotion:
+    """Decide on this run's candidates against the current champion; register the challenger (once: the
+    registration is not idempotent, so the stage is never retried) and move the aliases."""
+    by_name = {o.report.name: o for o in outcomes}
+    metrics = {n: o.report.metrics for n, o in by_name.items()}
+    challenger = pick_challenger(metrics, cfg.champion)
+    champion_metrics, champion_per_question, scored_on = None, None, "no challenger"
+    if challenger is not None:
+        champion_metrics, champion_per_question, scored_on = champion_baseline(cfg, by_name[challenger], dataset)
+    decision = decide(metrics, cfg.champion, champion_metrics,
+                      per_question={n: o.report.per_question for n, o in by_name.items()},
+                      champion_per_question=champion_per_question, seed=cfg.seed)
+    version = None
+    if decision.challenger is not None:
+        version = log_and_register(by_name[decision.challenger].bundle, cfg, decision.promote)
+    return Promotion(decision, scored_on, version)
+
+
+def promotion_record(promotion: Promotion, cfg: PipelineConfig) -> RunRecord:
+    decision = promotion.decision
+    record = RunRecord(tags={"champion_scored_on": promotion.champion_scored_on},
+                       metrics={"promoted": float(decision.promote)},
+                       texts={"decision.md": decision.to_markdown(cfg.champion)},
+                       dicts={"decision.json": asdict(decision)})
+    if promotion.version is not None:
+        record.tags |= {"challenger": decision.challenger, "model_version": promotion.version.version}
+    return record

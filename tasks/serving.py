@@ -25,13 +25,14 @@ CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT = "config"
 
 
 class RagtuneModel(mlflow.pyfunc.PythonModel):
-    """Answers questions with one candidate system (base/finetuned/rag/hybrid)."""
+    """Answers questions with one candidate system (tasks.candidates)."""
 
     def load_context(self, context) -> None:
         enable_offline_mode()
-        from tasks.endpoint import answer_source
-        from tasks.indexing import Retriever
+        from tasks import candidates
+        from tasks.answering import answerer_for
         from tasks.models import resolve_model_dir
+        from tasks.retrieval import Retriever
         from tasks.settings import load_config
 
         cfg = load_config(context.artifacts[CONFIG_ARTIFACT])
@@ -40,8 +41,8 @@ class RagtuneModel(mlflow.pyfunc.PythonModel):
         retriever = None
         if INDEX_ARTIFACT in context.artifacts:
             retriever = Retriever(Path(context.artifacts[INDEX_ARTIFACT]), cfg.index)
-        self.answerer = answer_source(
-            self.candidate["name"], cfg.generation, resolve_model_dir(cfg.base_model, cfg.model_cache),
+        self.answerer = answerer_for(
+            candidates.get(self.candidate["name"]), cfg.generation, resolve_model_dir(cfg.base_model, cfg.model_cache),
             self.adapter_dir, retriever, cfg.index.top_k,
         )
 

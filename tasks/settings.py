@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-CANDIDATES = ("base", "finetuned", "rag", "hybrid")
-SPLITS = ("train", "validation", "test")
+from tasks.candidates import CANDIDATES
+from tasks.schema import SPLITS
 
 
 class ConfigError(ValueError):
@@ -261,7 +261,8 @@ class GenerationConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    candidates: list[Literal["base", "finetuned", "rag", "hybrid"]] = list(CANDIDATES)
+    candidates: list[str] = Field(default_factory=lambda: list(CANDIDATES),
+                                  description="Candidates to evaluate, by name (declared in tasks/candidates.py).")
     price_per_hour: float = Field(0.10, ge=0, description="Compute price (USD/hour) for cost_per_1k_queries.")
     bootstrap_samples: int = Field(1000, ge=10)
     confidence_level: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
@@ -273,6 +274,14 @@ class EvaluationConfig(_Strict):
         None, description="OpenAI-compatible LLM judge for ragas faithfulness and answer_correctness; "
         "without one those metrics are reported as absent."
     )
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in CANDIDATES]
+        if unknown:
+            raise ValueError(f"unknown candidate(s) {unknown}; declared: {list(CANDIDATES)}")
+        return names
 
 
 class ConstraintBound(_Strict):

@@ -1,5 +1,5 @@
-"""MLflow conventions: the SQLite store under mlruns/, one experiment per project config,
-and helpers that log tables, text and figures as artifacts."""
+"""MLflow conventions: the SQLite store under mlruns/, one experiment per project config, and
+`log_record`, which writes a stage's RunRecord (tasks.records) to the active run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from tasks.settings import MlflowConfig
+from tasks.data_loading import Dataset
+from tasks.records import RunRecord
+from tasks.settings import MlflowConfig, PipelineConfig, config_to_yaml
 
 # Read once at import: mlflow.set_tracking_uri() itself exports MLFLOW_TRACKING_URI, so a later
 # read could not tell the user's server from the store of this process's previous run.
@@ -31,6 +33,25 @@ def setup_tracking(cfg: MlflowConfig) -> str:
     return uri
 
 
+def pipeline_record(cfg: PipelineConfig, config: str) -> RunRecord:
+    """The parent run's settings: what a reader filters runs by, and the whole resolved config."""
+    return RunRecord(params={"config": config, "data_path": str(cfg.data.path), "base_model": cfg.base_model.describe(),
+                             "seed": cfg.seed, "top_k": cfg.index.top_k,
+                             "candidates": ",".join(cfg.evaluation.candidates), "split_by": cfg.data.split_by},
+                     texts={"config.yaml": config_to_yaml(cfg)})
+
+
+def log_data_version(dataset: Dataset) -> None:
+    """mlflow.log_input for both tables, named by the content fingerprint."""
+    import json
+
+    for table, df in (("documents", dataset.documents), ("qa", dataset.qa)):
+        frame = df.assign(answer=df["answer"].map(json.dumps)) if "answer" in df else df
+        mlflow.log_input(mlflow.data.from_pandas(frame, source=dataset.source, name=f"{table}@{dataset.fingerprint}"),
+                         context=table)
+    mlflow.set_tag("data_fingerprint", dataset.fingerprint)
+
+
 def log_table(df: pd.DataFrame, name: str) -> None:
     """A table as CSV (readable anywhere) under tables/."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,12 +60,31 @@ def log_table(df: pd.DataFrame, name: str) -> None:
         mlflow.log_artifact(str(path), artifact_path="tables")
 
 
-def log_text(text: str, path: str) -> None:
-    mlflow.log_text(text, path)
-
-
 def log_figure(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
     mlflow.log_figure(fig, path)
     plt.close(fig)
+
+
+def log_record(record: RunRecord) -> None:
+    """Write everything a stage recorded to the active run."""
+    if record.tags:
+        mlflow.set_tags(record.tags)
+    if record.params:
+        mlflow.log_params(record.params)
+    for name, points in record.series.items():
+        for step, value in points:
+            mlflow.log_metric(name, value, step=step)
+    if record.metrics:
+        mlflow.log_metrics(record.metrics)
+    for path, text in record.texts.items():
+        mlflow.log_text(text, path)
+    for path, obj in record.dicts.items():
+        mlflow.log_dict(obj, path)
+    for name, table in record.tables.items():
+        log_table(table, name)
+    for path, make in record.figures.items():
+        log_figure(make(), path)
+    for path, directory in record.directories.items():
+        mlflow.log_artifacts(directory, path)

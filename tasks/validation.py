@@ -2,15 +2,15 @@
 
 Three suites run in one ephemeral GX context: "documents", "qa" and "splits". Cross-table rules
 (gold document exists, answer occurs in its document, train/test leakage, split shares) are
-computed as helper columns on copies of the tables and then checked by ordinary expectations, so
-every rule is a real GX expectation with counts and record ids in the result. Each row carries its
-id (and a `row` position) as `unexpected_index_column_names`, so examples name the record.
+computed as helper columns on copies of the tables (tasks.validation_columns) and then checked by
+ordinary expectations, so every rule is a real GX expectation with counts and record ids in the
+result. Each row carries its id (and a `row` position) as `unexpected_index_column_names`, so
+examples name the record.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,17 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.metrics import normalize_answer
-from tasks.settings import SPLITS, ValidationConfig
-
-# Great Expectations reads this at import; it is imported lazily (below), always after this line.
-os.environ["GX_ANALYTICS_ENABLED"] = "false"
-
-ROW = "row"  # helper column: 0-based position of the record in its input table
-DOC_COLUMNS = ("doc_id", "title", "text")
-QA_COLUMNS = ("qa_id", "question", "answer", "doc_id", "split")
-OPTIONAL_DOC_COLUMNS = ("source", "updated_at")
-_FUZZ_BLOCK = 4_000_000  # similarity-matrix cells computed at once (float64: 32 MB)
+from tasks.offline import enable_offline_mode
+from tasks.records import RunRecord
+from tasks.schema import OPTIONAL_DOC_COLUMNS, QA_COLUMNS, REQUIRED_DOC_COLUMNS, SPLITS
+from tasks.settings import ValidationConfig
+from tasks.text import normalize_answer
+from tasks.validation_columns import ROW, answer_list, documents_with_columns, qa_with_columns
 
 
 @dataclass(frozen=True)
@@ -103,7 +98,7 @@ class _Rule:
 
 
 def _gx() -> Any:
-    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    enable_offline_mode()  # Great Expectations reads its analytics switch at import
     import great_expectations as gx
 
     return gx
@@ -128,17 +123,6 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def _chars(value: Any) -> float:
-    """Length of a string; NaN for missing or non-string values (reported by the null/type rules)."""
-    return float(len(value)) if isinstance(value, str) else math.nan
-
-
-def _answers(value: Any) -> list[str]:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [a for a in value if isinstance(a, str)]
-    return []
-
-
 def _schema_rules(gx: Any, frame: pd.DataFrame, required: tuple[str, ...], types: dict[str, str]) -> list[_Rule]:
     E = gx.expectations
     rules = [_Rule(E.ExpectColumnToExist(column=c), f"column '{c}' exists") for c in required]
@@ -153,7 +137,7 @@ def _doc_rules(gx: Any, docs: pd.DataFrame, cfg: ValidationConfig) -> list[_Rule
     low, high = cfg.doc_chars
     types = {"doc_id": "str", "title": "str", "text": "str", **{c: "str" for c in OPTIONAL_DOC_COLUMNS}}
     return [
-        *_schema_rules(gx, docs, DOC_COLUMNS, types),
+        *_schema_rules(gx, docs, REQUIRED_DOC_COLUMNS, types),
         _Rule(E.ExpectColumnValuesToBeUnique(column="doc_id"), "doc_id is unique",
               lambda r: f"duplicated (row {r[ROW]})"),
         _Rule(E.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"), "document text is not empty",
@@ -185,7 +169,7 @@ def _qa_rules(gx: Any, qa: pd.DataFrame, cfg: ValidationConfig, doc_ids: list[st
               lambda r: f"no accepted answer ({_short(r['answer'])})"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="answer_chars_min", min_value=a_low),
               f"every answer has at least {a_low} character(s)",
-              lambda r: f"answer {_short(min(_answers(r['answer']), key=len))} is too short"),
+              lambda r: f"answer {_short(min(answer_list(r['answer']), key=len))} is too short"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="answer_chars_max", max_value=a_high),
               f"every answer has at most {a_high} characters",
               lambda r: f"answer of {int(r['answer_chars_max'])} characters"),
@@ -193,8 +177,8 @@ def _qa_rules(gx: Any, qa: pd.DataFrame, cfg: ValidationConfig, doc_ids: list[st
               lambda r: f"doc_id {_short(r['doc_id'])} not in documents"),
         _Rule(E.ExpectColumnValuesToBeInSet(column="answer_in_gold_doc", value_set=[True]),
               "the gold answer occurs in its gold document (normalised)",
-              lambda r: f"{_plural('answer', len(_answers(r['answer'])))} "
-                        f"{', '.join(map(repr, _answers(r['answer'])))} not in doc {r['doc_id']}"),
+              lambda r: f"{_plural('answer', len(answer_list(r['answer'])))} "
+                        f"{', '.join(map(repr, answer_list(r['answer'])))} not in doc {r['doc_id']}"),
         _Rule(E.ExpectColumnValuesToNotBeInSet(column="test_question_normalised", value_set=train_questions),
               "no test question also appears in train (exact, normalised)",
               lambda r: f"test question {_short(r['question'], 60)} is also train qa_id={r['train_duplicate_of']}"),
@@ -216,87 +200,6 @@ def _split_rules(gx: Any, cfg: ValidationConfig, counts: dict[str, int]) -> list
     return [_Rule(gx.expectations.ExpectColumnValuesToBeBetween(column=f"{s}_share", min_value=lo, max_value=hi),
                   f"{s} share of QA pairs within [{lo}, {hi}]", explain(s, lo, hi))
             for s, (lo, hi) in cfg.split_bounds.items()]
-
-
-# ----------------------------------------------------------------------------------------- helpers
-
-def _doc_frame(documents: pd.DataFrame) -> pd.DataFrame:
-    docs = documents.reset_index(drop=True)
-    docs[ROW] = range(len(docs))
-    if "text" in docs:
-        docs["text_chars"] = docs["text"].map(_chars).astype(float)
-    return docs
-
-
-def _near_duplicates(test_q: list[str], train_q: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """For each test question: best fuzz.ratio/100 against the train questions, and its index."""
-    from rapidfuzz import fuzz, process
-
-    best = np.zeros(len(test_q))
-    where = np.zeros(len(test_q), dtype=int)
-    block = max(1, _FUZZ_BLOCK // max(1, len(train_q)))
-    for start in range(0, len(test_q), block):
-        scores = process.cdist(test_q[start:start + block], train_q, scorer=fuzz.ratio, dtype=np.float64, workers=-1)
-        where[start:start + block] = scores.argmax(axis=1)
-        best[start:start + block] = scores.max(axis=1) / 100
-    return best, where
-
-
-def _qa_frame(documents: pd.DataFrame, qa: pd.DataFrame) -> pd.DataFrame:
-    """QA copy with helper columns for the length and cross-table rules."""
-    frame = qa.reset_index(drop=True)
-    frame[ROW] = range(len(frame))
-    if "question" in frame:
-        frame["question_chars"] = frame["question"].map(_chars).astype(float)
-    if "answer" in frame:
-        answers = frame["answer"].map(_answers)
-        frame["answer_count"] = answers.map(len)
-        frame["answer_chars_min"] = answers.map(lambda a: min(map(len, a)) if a else math.nan).astype(float)
-        frame["answer_chars_max"] = answers.map(lambda a: max(map(len, a)) if a else math.nan).astype(float)
-        if "doc_id" in frame and {"doc_id", "text"} <= set(documents.columns):
-            norm_docs = {d: normalize_answer(t) for d, t in zip(documents["doc_id"], documents["text"], strict=True)
-                         if isinstance(t, str)}
-
-            def occurs(ans: list[str], doc_id: Any) -> bool | None:
-                if not ans or doc_id not in norm_docs:
-                    return None  # reported by the answer-count / doc_id rules
-                return any((n := normalize_answer(a)) and n in norm_docs[doc_id] for a in ans)
-
-            frame["answer_in_gold_doc"] = pd.Series(
-                [occurs(a, d) for a, d in zip(answers, frame["doc_id"], strict=True)], dtype=object)
-    if {"question", "split"} <= set(frame.columns):
-        _add_leakage_columns(frame)
-    return frame
-
-
-def _add_leakage_columns(frame: pd.DataFrame) -> None:
-    norm = frame["question"].map(lambda q: normalize_answer(q) if isinstance(q, str) else "")
-    ids = frame["qa_id"] if "qa_id" in frame else frame[ROW]
-    train = (frame["split"] == "train") & (norm != "")
-    test = (frame["split"] == "test") & (norm != "")
-    train_first: dict[str, Any] = {}
-    for q, i in zip(norm[train], ids[train], strict=True):
-        train_first.setdefault(q, i)
-    exact = test & norm.isin(train_first)
-    frame["test_question_normalised"] = pd.Series(np.where(test, norm, None), dtype=object)
-    frame["train_duplicate_of"] = pd.Series([train_first.get(q) if e else None for q, e in zip(norm, exact,
-                                                                                               strict=True)],
-                                            dtype=object)
-    similarity = np.full(len(frame), np.nan)
-    closest_id = np.full(len(frame), None, dtype=object)
-    closest_q = np.full(len(frame), None, dtype=object)
-    near = test & ~exact
-    train_q, train_ids = norm[train].tolist(), ids[train].tolist()
-    train_raw = frame.loc[train, "question"].tolist()
-    if near.any() and train_q:
-        best, where = _near_duplicates(norm[near].tolist(), train_q)
-        positions = np.flatnonzero(near.to_numpy())
-        similarity[positions] = best
-        closest_id[positions] = [train_ids[w] for w in where]
-        closest_q[positions] = [train_raw[w] for w in where]
-    frame["train_similarity"] = similarity
-    frame["closest_train_qa_id"] = closest_id
-    frame["closest_train_question"] = closest_q
 
 
 def _strict_json(value: Any) -> Any:
@@ -380,8 +283,8 @@ def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationC
     """Run the documents, QA and splits suites; never raises on bad data (see `ensure_valid`)."""
     gx = _gx()
     context = _context(gx)
-    docs = _doc_frame(documents)
-    qa_frame = _qa_frame(docs, qa)
+    docs = documents_with_columns(documents)
+    qa_frame = qa_with_columns(docs, qa)
     doc_ids = sorted({d for d in docs["doc_id"] if isinstance(d, str)}) if "doc_id" in docs else []
     train_questions: list[str] = []
     if {"question", "split"} <= set(qa_frame.columns):
@@ -413,3 +316,11 @@ def ensure_valid(report: ValidationReport) -> None:
     """Raise DataValidationError (listing every failing rule) unless the report passed."""
     if not report.success:
         raise DataValidationError(report)
+
+
+def validation_record(report: ValidationReport, fingerprint: str) -> RunRecord:
+    """The validate run in MLflow: pass/fail, the readable report and the full GX result."""
+    return RunRecord(tags={"data_fingerprint": fingerprint},
+                     metrics={"validation_success": float(report.success), "failed_expectations": len(report.failures)},
+                     dicts={"validation/result.json": report.results},
+                     texts={"validation/report.md": report.to_markdown()})

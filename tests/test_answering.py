@@ -6,8 +6,9 @@ import torch
 from transformers import AutoTokenizer
 
 from tasks.answering import Answerer, FinishClock, cut_at_stop
-from tasks.indexing import Retriever, build_index
+from tasks.indexing import build_index
 from tasks.prompts import clean_answer
+from tasks.retrieval import Retriever
 from tasks.settings import GenerationConfig, IndexConfig
 
 QUESTIONS = ["When does the Kellsport office open?", "How much does the buoy weigh?", "x", "What?", "Kellsport"]

@@ -2,7 +2,7 @@ from typer.testing import CliRunner
 
 # Prefect binds its log handlers to the stderr of its first import: import it here, not inside
 # CliRunner's temporary streams, or later flow runs in this session log to a closed file.
-import flows.retrain  # noqa: F401
+import flows.pipeline  # noqa: F401
 from flows.cli import app
 
 runner = CliRunner()

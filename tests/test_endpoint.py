@@ -18,12 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from tasks.endpoint import EndpointAnswerer, EndpointError
+from tasks.answering import EndpointAnswerer
+from tasks.endpoint import EndpointError
 from tasks.evaluation import NO_CONTEXT, NO_JUDGE, comparison_table, evaluate_candidate
-from tasks.indexing import Retriever, build_index
+from tasks.indexing import build_index
 from tasks.metrics import ragas_judge_scores
 from tasks.models import embedding_model_dir
 from tasks.prompts import build_messages
+from tasks.retrieval import Retriever
 from tasks.settings import EndpointConfig, EvaluationConfig, GenerationConfig, IndexConfig, load_config
 
 GEN = GenerationConfig(max_new_tokens=12, batch_size=2, stop=["###"])

@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks import finetuning
+from tasks import finetune_data, finetuning, training
 from tasks.answering import Answerer
-from tasks.indexing import Hit, Retriever, build_index
+from tasks.indexing import build_index
 from tasks.models import load_causal_lm
+from tasks.retrieval import Hit, Retriever
 from tasks.settings import FinetuneConfig, GenerationConfig, IndexConfig
 
 GEN = GenerationConfig(max_new_tokens=4, batch_size=2)
@@ -26,7 +27,7 @@ QA6 = pd.DataFrame({
     "answer": [["212 kg"], ["8 am"], ["212 kg"], ["8 am"], ["TideWatch T4"], ["Kellsport"]],
     "doc_id": ["d1", "d2", "d1", "d2", "d1", "d2"], "split": ["train"] * 6,
 })
-CPU = finetuning.Runtime("cpu", "float32", 2)
+CPU = training.Runtime("cpu", "float32", 2)
 
 
 class Killed(RuntimeError):
@@ -52,16 +53,16 @@ def _assert_same_adapter(a: finetuning.FinetuneResult, b: finetuning.FinetuneRes
 
 def test_labels_cover_only_the_answer(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ex = finetuning.Example(prompt="<|user|>Question: x<|end|><|assistant|>", answer="212 kg", has_gold=False)
-    ids, labels = finetuning.encode_example(ex, tok, 128)
+    ex = finetune_data.Example(prompt="<|user|>Question: x<|end|><|assistant|>", answer="212 kg", has_gold=False)
+    ids, labels = finetune_data.encode_example(ex, tok, 128)
     n_prompt = len(tok(ex.prompt, add_special_tokens=False)["input_ids"])
-    assert labels[:n_prompt] == [finetuning.IGNORE] * n_prompt
+    assert labels[:n_prompt] == [finetune_data.IGNORE] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:]
     assert tok.decode(ids[n_prompt:]).replace(" ", "") == "212kg<|end|>"
 
 
 def test_collate_pads_to_longest_in_batch():
-    batch = finetuning.collate([([1, 2, 3], [-100, 2, 3]), ([4], [4])], pad_id=0)
+    batch = finetune_data.collate([([1, 2, 3], [-100, 2, 3]), ([4], [4])], pad_id=0)
     assert batch["input_ids"].shape == (2, 3)
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"][1].tolist() == [4, -100, -100]
@@ -70,14 +71,14 @@ def test_collate_pads_to_longest_in_batch():
 def test_answer_loss_projects_only_answer_positions_and_matches_masked_lm_loss(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    examples = [finetuning.Example("<|user|>Question: When does Kellsport open?<|end|><|assistant|>", "8 am", False),
-                finetuning.Example("<|user|>Question: x<|end|><|assistant|>", "The TideWatch T4 buoy", False)]
-    batch = finetuning.collate([finetuning.encode_example(e, tok, 128) for e in examples], tok.pad_token_id)
+    examples = [finetune_data.Example("<|user|>Question: When does Kellsport open?<|end|><|assistant|>", "8 am", False),
+                finetune_data.Example("<|user|>Question: x<|end|><|assistant|>", "The TideWatch T4 buoy", False)]
+    batch = finetune_data.collate([finetune_data.encode_example(e, tok, 128) for e in examples], tok.pad_token_id)
     answer_tokens = sum(len(tok(e.answer + tok.eos_token, add_special_tokens=False)["input_ids"]) for e in examples)
     projected = []
     hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: projected.append(args[0].shape))
     with torch.no_grad():
-        loss, n = finetuning.answer_loss(model, batch)
+        loss, n = training.answer_loss(model, batch)
     hook.remove()
     assert n == answer_tokens
     assert [tuple(s) for s in projected] == [(answer_tokens, model.config.hidden_size)]
@@ -88,7 +89,7 @@ def test_answer_loss_projects_only_answer_positions_and_matches_masked_lm_loss(t
 
 def test_length_grouped_batches_cover_every_example_once_sorted_within_pools():
     lengths = [random.Random(i).randint(1, 50) for i in range(40)]
-    batches = finetuning.length_grouped_batches(lengths, 4, 2, random.Random(0))
+    batches = finetune_data.length_grouped_batches(lengths, 4, 2, random.Random(0))
     assert sorted(i for b in batches for i in b) == list(range(40))
     for b in batches:
         assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
@@ -123,7 +124,7 @@ def test_raft_examples_hold_gold_at_configured_rate(tiny_model_dir, small_retrie
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     qa = pd.concat([QA.iloc[:1]] * 400, ignore_index=True)
     cfg = _cfg(tmp_path, raft={"top_k": 2, "gold_probability": p})
-    examples = finetuning.build_examples(qa, "raft", tok, GEN, cfg, small_retriever, seed=0)
+    examples = finetune_data.build_examples(qa, "raft", tok, GEN, cfg, small_retriever, seed=0)
     with_gold = [e for e in examples if "212 kg" in e.prompt]
     assert len(with_gold) == sum(e.has_gold for e in examples)
     assert abs(len(with_gold) / len(examples) - p) < 0.07
@@ -131,9 +132,9 @@ def test_raft_examples_hold_gold_at_configured_rate(tiny_model_dir, small_retrie
 
 def test_raft_passages_exclude_gold_doc_distractors():
     hits = [Hit("d1#0", "d1", "gold text", 1.0), Hit("d2#0", "d2", "other", 0.9), Hit("d3#0", "d3", "more", 0.8)]
-    without = finetuning.raft_passages(hits, "gold text", "d1", 2, False, random.Random(0))
+    without = finetune_data.raft_passages(hits, "gold text", "d1", 2, False, random.Random(0))
     assert sorted(without) == ["more", "other"]
-    with_gold = finetuning.raft_passages(hits, "gold text", "d1", 2, True, random.Random(0))
+    with_gold = finetune_data.raft_passages(hits, "gold text", "d1", 2, True, random.Random(0))
     assert "gold text" in with_gold and len(with_gold) == 2
 
 
@@ -167,7 +168,7 @@ def test_killed_run_resumes_from_checkpoint_to_the_same_adapter(tiny_model_dir, 
                                         GEN, seed=7, progress=False)
     cfg = _cfg(tmp_path / "b", **kw)
 
-    def die_after_step_5(state: finetuning.TrainState) -> None:
+    def die_after_step_5(state: training.TrainState) -> None:
         if state.step == 5:
             raise Killed
 
@@ -175,7 +176,7 @@ def test_killed_run_resumes_from_checkpoint_to_the_same_adapter(tiny_model_dir, 
         finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp", cfg, GEN, seed=7, progress=False,
                             on_step=die_after_step_5)
     checkpoint_root = next((cfg.output_root / ".checkpoints").iterdir())
-    assert [p.name for p in finetuning.checkpoints(checkpoint_root)] == ["step-00000004"]  # mid-epoch 2
+    assert [p.name for p in training.checkpoints(checkpoint_root)] == ["step-00000004"]  # mid-epoch 2
     (checkpoint_root / ".tmp-half-written").mkdir()  # a checkpoint write cut short is ignored
     resumed = finetuning.finetune("closed_book", tiny_model_dir, QA6, QA, "fp", cfg, GEN, seed=7, progress=False)
     assert resumed.resumed_from_step == 4 and resumed.steps == uninterrupted.steps == 9
@@ -195,9 +196,9 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model_dir, tmp_pat
     assert result.eval_loss == result.eval_losses[best] and result.best_step == result.eval_steps[best]
     assert len(result.eval_losses) == best + 3 and min(result.eval_losses[-2:]) >= result.eval_loss
     tok, model = load_causal_lm(tiny_model_dir, result.adapter_dir)
-    eval_enc = [finetuning.encode_example(e, tok, cfg.max_length)
-                for e in finetuning.build_examples(eval_qa, "closed_book", tok, GEN, cfg, None, seed=4)]
-    kept = finetuning.heldout_loss(model, eval_enc, cfg.batch_size, tok.pad_token_id, CPU)
+    eval_enc = [finetune_data.encode_example(e, tok, cfg.max_length)
+                for e in finetune_data.build_examples(eval_qa, "closed_book", tok, GEN, cfg, None, seed=4)]
+    kept = training.heldout_loss(model, eval_enc, cfg.batch_size, tok.pad_token_id, CPU)
     assert kept == pytest.approx(result.eval_loss, rel=1e-5)
     assert kept < result.eval_losses[-1]
 

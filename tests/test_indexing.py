@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import indexing
+from tasks import indexing, retrieval
 from tasks.chunking import chunk_documents, paragraph_spans, token_windows
 from tasks.models import embedding_model_dir
 from tasks.settings import ChunkingConfig, FaissConfig, IndexConfig
@@ -25,7 +25,7 @@ def _cfg(tmp_path, **kw) -> IndexConfig:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return indexing.load_embedder(str(embedding_model_dir(IndexConfig()))).tokenizer
+    return retrieval.load_embedder(str(embedding_model_dir(IndexConfig()))).tokenizer
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_build_search_and_manifest_matches_fingerprint(tmp_path):
     build = indexing.build_index(DOCS, "fp1", cfg)
     assert not build.reused and build.num_chunks >= 4 and build.embedded == build.num_chunks
     assert indexing.current_index_dir(cfg) == build.path
-    retriever = indexing.Retriever(build.path, cfg)
+    retriever = retrieval.Retriever(build.path, cfg)
     hits = retriever.search(["When does the office open?"], 2)[0]
     assert hits[0].doc_id == "d2"
     manifest = json.loads((build.path / "manifest.json").read_text())
@@ -119,7 +119,7 @@ def test_changed_document_replaces_its_chunks(tmp_path, embed_calls):
     assert "d3" not in set(chunks["doc_id"])
     assert embed_calls == chunks.query("doc_id == 'd2'")["text"].tolist()
     assert second.embedded == 1 and second.removed == 2
-    hit = indexing.Retriever(second.path, cfg).search(["When does the office open?"], 1)[0][0]
+    hit = retrieval.Retriever(second.path, cfg).search(["When does the office open?"], 1)[0][0]
     assert hit.doc_id == "d2" and "9 am" in hit.text
 
 
@@ -140,7 +140,7 @@ def test_crash_mid_build_keeps_previous_version(tmp_path, monkeypatch):
     visible = sorted(p.name for p in (tmp_path / "index").iterdir() if not p.name.startswith("."))
     assert visible == sorted([first.version, "CURRENT"])
     assert {f: (first.path / f).read_bytes() for f in indexing.FILES} == before
-    assert indexing.Retriever(first.path, cfg).search(["office hours"], 1)[0][0].doc_id == "d2"
+    assert retrieval.Retriever(first.path, cfg).search(["office hours"], 1)[0][0].doc_id == "d2"
 
 
 def test_leftovers_of_a_killed_build_are_cleared(tmp_path):
@@ -170,7 +170,7 @@ def test_approximate_index_recall_is_measured(tmp_path, kind):
     assert build.faiss_type == kind and build.ann_recall == pytest.approx(1.0)
     manifest = json.loads((build.path / "manifest.json").read_text())
     assert manifest["faiss"]["type"] == kind and manifest["ann_recall_at_k"] == build.ann_recall
-    assert indexing.Retriever(build.path, cfg).search(["How long is the warranty?"], 1)[0][0].doc_id == "d3"
+    assert retrieval.Retriever(build.path, cfg).search(["How long is the warranty?"], 1)[0][0].doc_id == "d3"
 
 
 def test_auto_type_switches_at_the_configured_size():
@@ -209,18 +209,18 @@ def test_chunks_longer_than_the_model_accepts_are_refused(tmp_path):
 
 def test_retrieval_evaluation_at_several_k(tmp_path):
     cfg = _cfg(tmp_path)
-    retriever = indexing.Retriever(indexing.build_index(DOCS, "fp1", cfg).path, cfg)
+    retriever = retrieval.Retriever(indexing.build_index(DOCS, "fp1", cfg).path, cfg)
     qa = pd.DataFrame({"question": ["How long is the buoy warranty?", "How heavy is the T4 buoy?"],
                        "doc_id": ["d3", "d1"]})
-    scores = indexing.evaluate_retrieval(retriever, qa, [1, 3])
+    scores = retrieval.evaluate_retrieval(retriever, qa, [1, 3])
     assert scores["recall_at_1"] == 1.0 and scores["mrr_at_1"] == 1.0 and scores["ndcg_at_3"] == 1.0
-    assert set(scores) == {f"{m}_at_{k}" for m in indexing.RETRIEVAL_METRICS for k in (1, 3)}
+    assert set(scores) == {f"{m}_at_{k}" for m in retrieval.RETRIEVAL_METRICS for k in (1, 3)}
 
 
 def test_embedding_model_is_loaded_once_per_process(tmp_path):
     cfg = _cfg(tmp_path)
     indexing.build_index(DOCS, "fp1", cfg)
-    loads = indexing.load_embedder.cache_info().misses
-    indexing.Retriever(indexing.current_index_dir(cfg), cfg).search(["warranty"])
+    loads = retrieval.load_embedder.cache_info().misses
+    retrieval.Retriever(indexing.current_index_dir(cfg), cfg).search(["warranty"])
     indexing.build_index(DOCS, "fp2", cfg)
-    assert indexing.load_embedder.cache_info().misses == loads
+    assert retrieval.load_embedder.cache_info().misses == loads

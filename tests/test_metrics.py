@@ -7,10 +7,10 @@ from tasks.metrics import (
     bootstrap_ci,
     exact_match,
     f1,
-    normalize_answer,
     paired_bootstrap,
     retrieval_scores,
 )
+from tasks.text import normalize_answer
 
 
 @pytest.mark.parametrize(("text", "expected"), [

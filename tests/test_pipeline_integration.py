@@ -60,7 +60,7 @@ def _runs(client: MlflowClient, experiment: str, parent_id: str):
 
 @pytest.fixture(scope="module")
 def first_run(harness, workdir, monkeypatch_module):
-    from flows.retrain import retrain_flow
+    from flows.pipeline import retrain_flow
 
     return retrain_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides(workdir))
 
@@ -105,6 +105,15 @@ def test_pipeline_logs_stages_metrics_artifacts_and_registers_champion(first_run
     assert champion.tags["candidate"] == first_run.decision.challenger
     assert champion.tags["data_fingerprint"] == first_run.fingerprint
     assert {"index_version", "base_model", "adapter_run"} <= set(champion.tags)
+
+
+def test_prefect_task_runs_are_named_by_what_they_do(first_run):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        names = {run.name for run in client.read_task_runs()}
+    assert {"load-data", "validate", "index", "finetune[closed_book]", "finetune[raft]", "evaluate[base]",
+            "evaluate[finetuned]", "evaluate[rag]", "evaluate[hybrid]", "promote"} <= names
 
 
 def test_registered_champion_answers_a_question(first_run, workdir):
@@ -167,7 +176,7 @@ def test_champion_served_by_mlflow_answers_over_http(first_run, workdir):
 
 
 def test_second_run_within_margin_keeps_champion(first_run, workdir):
-    from flows.retrain import retrain_flow
+    from flows.pipeline import retrain_flow
 
     client = client_for(workdir)
     before = client.get_model_version_by_alias("ragtune-ci", "champion").version
@@ -203,12 +212,13 @@ def _random_adapter(base_model_dir: str, out: Path) -> str:
 
 def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, workdir):
     """The real evaluate and promote stages against the registered champion, with a broken challenger."""
-    from types import SimpleNamespace
+    import mlflow
 
     from flows import stages
-    from flows.retrain import prepare
+    from flows.context import RunContext
+    from flows.pipeline import prepare
+    from tasks.finetuning import FinetuneResult, TrainedAdapter
     from tasks.indexing import build_index
-    from tasks.models import resolve_model_dir
 
     client = client_for(workdir)
     champion = client.get_model_version_by_alias("ragtune-ci", "champion")
@@ -217,11 +227,13 @@ def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, wor
 
     cfg = prepare(str(ROOT / "configs" / "ci.yaml"), overrides(workdir), None)
     dataset = stages.load_data(cfg)
-    base_model_dir = resolve_model_dir(cfg.base_model, cfg.model_cache)
     index = build_index(dataset.documents, dataset.fingerprint, cfg.index)
-    adapter = (SimpleNamespace(adapter_dir=_random_adapter(base_model_dir, workdir / "random-adapter")), "none")
-    broken = stages.evaluate_candidate("hybrid", dataset, cfg, base_model_dir, adapter, index, None)
-    decision = stages.promote([broken], dataset, cfg, None)
+    with mlflow.start_run(run_name="random-adapter-challenger") as parent:
+        ctx = RunContext(cfg, dataset, parent.info.run_id)
+        adapter_dir = _random_adapter(ctx.base_model_dir, workdir / "random-adapter")
+        adapter = TrainedAdapter(FinetuneResult("raft", adapter_dir, train_examples=0, steps=0), run_id="none")
+        broken = stages.evaluate_candidate(ctx, "hybrid", adapter, index)
+        decision = stages.promote(ctx, [broken])
 
     assert broken.report.metrics["f1"] < champion_f1
     assert decision.challenger == "hybrid" and not decision.promote
@@ -232,7 +244,7 @@ def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, wor
 
 
 def test_broken_data_stops_at_validation(harness, monkeypatch_module, tmp_path):
-    from flows.retrain import retrain_flow
+    from flows.pipeline import retrain_flow
     from tasks.validation import DataValidationError
 
     data = tmp_path / "broken"
@@ -254,7 +266,7 @@ def test_broken_data_stops_at_validation(harness, monkeypatch_module, tmp_path):
 
 def test_champion_from_other_test_set_is_rescored(first_run, workdir):
     """A different evaluation set makes stored scores incomparable: the served champion is re-scored."""
-    from flows.retrain import retrain_flow
+    from flows.pipeline import retrain_flow
 
     client = client_for(workdir)
     champion = client.get_model_version_by_alias("ragtune-ci", "champion")

@@ -7,9 +7,9 @@ import math
 import pandas as pd
 from rich.console import Console
 
-from flows.report import loss_figure, print_comparison
 from tasks.evaluation import NO_JUDGE, CandidateReport, comparison_table
 from tasks.finetuning import FinetuneResult
+from tasks.report import loss_figure, print_comparison
 
 
 def _report(name: str, f1: float, ttft: float | None, absent: dict[str, str]) -> CandidateReport:

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from tasks.metrics import exact_match, f1, normalize_answer
+from tasks.metrics import exact_match, f1
+from tasks.text import normalize_answer
 
 # --- Oracle: the functions of the official SQuAD v1.1 evaluation script `evaluate-v1.1.py`, copied verbatim
 # (style aside). Origin: the "Evaluation Script v1.1" of https://rajpurkar.github.io/SQuAD-explorer/

@@ -11,10 +11,10 @@ from tasks.validation import (
     DataValidationError,
     ExpectationFailure,
     ValidationReport,
-    _qa_frame,
     ensure_valid,
     validate_dataset,
 )
+from tasks.validation_columns import qa_with_columns
 
 CFG = ValidationConfig()  # defaults: train 0.5-0.9, validation 0-0.3, test 0.05-0.4, near-duplicate 0.92
 
@@ -242,7 +242,7 @@ def test_near_duplicate_similarity_covers_every_test_question():
     questions = [" ".join(rng.choice(words, 8)) + f" {i}?" for i in range(2000)]
     qa = pd.DataFrame({"qa_id": [f"q{i}" for i in range(2000)], "question": questions,
                        "answer": [["x"]] * 2000, "doc_id": "d1", "split": ["train", "test"] * 1000})
-    frame = _qa_frame(_docs(), qa)
+    frame = qa_with_columns(_docs(), qa)
     similarity = frame.loc[frame["split"] == "test", "train_similarity"]
     assert similarity.notna().all() and similarity.between(0, 1).all()
     assert frame.loc[frame["split"] == "train", "train_similarity"].isna().all()

@@ -1,8 +1,13 @@
-"""What a person reads: matplotlib figures for MLflow and the rich table for the terminal."""
+"""What a person reads: matplotlib figures for MLflow and the rich table for the terminal.
+
+It draws from plain results (anything shaped like a candidate report or a finetune result), so
+it depends on no stage.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import matplotlib
 
@@ -12,11 +17,24 @@ import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tasks.evaluation import CandidateReport  # noqa: E402
-from tasks.finetuning import FinetuneResult  # noqa: E402
 from tasks.metrics import JUDGE_METRICS  # noqa: E402
 
 CHART_METRICS = ("exact_match", "f1", "semantic_similarity", "groundedness")
+
+
+class CandidateReport(Protocol):
+    name: str
+    metrics: dict[str, float]
+    per_question: pd.DataFrame
+
+
+class FinetuneResult(Protocol):
+    mode: str
+    train_losses: list[float]
+    eval_steps: list[int]
+    eval_losses: list[float]
+    best_step: int
+    eval_loss: float
 
 
 def comparison_figure(reports: list[CandidateReport]):

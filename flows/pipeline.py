@@ -1,0 +1,119 @@
+"""The pipeline, written once: load -> validate -> index + finetune -> evaluate -> promote.
+
+`run_pipeline` is the DAG. The composite `retrain` flow runs all of it; the stage flows (validate,
+index, finetune, evaluate) run the same body and stop after their stage, so a stage never runs on
+unvalidated data and every flow logs the same way: one MLflow parent run with a child run per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import mlflow
+from prefect import flow, get_run_logger
+
+from flows import stages
+from flows.context import RunContext
+from tasks import candidates
+from tasks.candidates import Mode
+from tasks.champion import Decision
+from tasks.finetuning import TrainedAdapter
+from tasks.indexing import IndexBuild
+from tasks.settings import PipelineConfig, load_config
+from tasks.tracking import log_data_version, log_record, pipeline_record, setup_tracking
+from tasks.validation import ValidationReport
+
+DEFAULT_CONFIG = "configs/default.yaml"
+Stage = Literal["validate", "index", "finetune", "evaluate", "promote"]
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    fingerprint: str
+    validation: ValidationReport
+    index: IndexBuild | None = None
+    adapters: dict[Mode, TrainedAdapter] = field(default_factory=dict)
+    comparison: list[dict] = field(default_factory=list)
+    decision: Decision | None = None
+
+
+def prepare(config: str, overrides: list[str] | None, data: str | None) -> PipelineConfig:
+    """Load the config with CLI-style overrides (`data` is a shortcut for data.path=...); point MLflow at its store."""
+    extra = [f"data.path={data}"] if data else []
+    cfg = load_config(config, list(overrides or []) + extra)
+    setup_tracking(cfg.mlflow)
+    return cfg
+
+
+def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str | None, until: Stage,
+                 mode: Mode | None = None) -> PipelineResult:
+    """Run the DAG up to and including `until` (`mode`: train only that adapter) under one MLflow parent run."""
+    cfg = prepare(config, overrides, data)
+    with mlflow.start_run(run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+        log_record(pipeline_record(cfg, config))
+        dataset = stages.load_data(cfg)
+        log_data_version(dataset)
+        ctx = RunContext(cfg, dataset, parent.info.run_id)
+        result = PipelineResult(parent.info.run_id, dataset.fingerprint, stages.validate(ctx))
+        if until == "validate":
+            return result
+
+        if until == "index":
+            result.index = stages.build_index(ctx)
+            return result
+
+        evaluate = until in ("evaluate", "promote")
+        plan = candidates.plan(cfg.evaluation.candidates, evaluate, mode)
+        result.index = stages.build_index(ctx) if plan.needs_index else None
+        result.adapters = {m: stages.finetune(ctx, m, result.index) for m in plan.adapter_modes}
+        if not evaluate:
+            return result
+
+        outcomes = [stages.evaluate_candidate(ctx, c.name, result.adapters.get(c.adapter), result.index)
+                    for c in plan.candidates]
+        table = stages.record_comparison(outcomes)
+        result.comparison = table.to_dict(orient="records")
+        if until == "promote":
+            result.decision = stages.promote(ctx, outcomes)
+            mlflow.set_tags({"champion_decision": "promoted" if result.decision.promote else "kept",
+                             "challenger": result.decision.challenger or "none"})
+        get_run_logger().info("comparison:\n%s", table.to_markdown(index=False, floatfmt=".3f"))
+    return result
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
+                 data: str | None = None) -> PipelineResult:
+    """Validate the data, rebuild the index, finetune, evaluate every candidate, select and register a champion."""
+    return run_pipeline("retrain", config, overrides, data, until="promote")
+
+
+@flow(name="validate", log_prints=True)
+def validate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
+                  data: str | None = None) -> PipelineResult:
+    """Validate the data with the Great Expectations suites."""
+    return run_pipeline("validate", config, overrides, data, until="validate")
+
+
+@flow(name="index", log_prints=True)
+def index_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
+               data: str | None = None) -> PipelineResult:
+    """Validate, then build the index incrementally (or reuse it) and make it current."""
+    return run_pipeline("index", config, overrides, data, until="index")
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(mode: Mode = "closed_book", config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
+                  data: str | None = None) -> PipelineResult:
+    """Validate, build the index if the mode trains on passages, then train (or reuse) one adapter."""
+    return run_pipeline("finetune", config, overrides, data, until="finetune", mode=mode)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, data: str | None = None,
+                  promote: bool = False) -> PipelineResult:
+    """Evaluate the configured candidates (training adapters only if not cached); optionally promote."""
+    return run_pipeline("evaluate", config, overrides, data, until="promote" if promote else "evaluate")

@@ -1,0 +1,109 @@
+"""The helper columns that validation's expectations check: lengths, answer counts, whether an answer
+occurs in its gold document, and each test question's closest train question (leakage).
+
+Cross-table rules are computed here as columns on copies of the tables, so that every rule is an
+ordinary Great Expectations expectation with counts and record ids in its result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.text import normalize_answer
+
+ROW = "row"  # helper column: 0-based position of the record in its input table
+_FUZZ_BLOCK = 4_000_000  # similarity-matrix cells computed at once (float64: 32 MB)
+
+
+def text_length(value: Any) -> float:
+    """Length of a string; NaN for missing or non-string values (reported by the null/type rules)."""
+    return float(len(value)) if isinstance(value, str) else math.nan
+
+
+def answer_list(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [a for a in value if isinstance(a, str)]
+    return []
+
+
+def documents_with_columns(documents: pd.DataFrame) -> pd.DataFrame:
+    docs = documents.reset_index(drop=True)
+    docs[ROW] = range(len(docs))
+    if "text" in docs:
+        docs["text_chars"] = docs["text"].map(text_length).astype(float)
+    return docs
+
+
+def _near_duplicates(test_q: list[str], train_q: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For each test question: best fuzz.ratio/100 against the train questions, and its index."""
+    from rapidfuzz import fuzz, process
+
+    best = np.zeros(len(test_q))
+    where = np.zeros(len(test_q), dtype=int)
+    block = max(1, _FUZZ_BLOCK // max(1, len(train_q)))
+    for start in range(0, len(test_q), block):
+        scores = process.cdist(test_q[start:start + block], train_q, scorer=fuzz.ratio, dtype=np.float64, workers=-1)
+        where[start:start + block] = scores.argmax(axis=1)
+        best[start:start + block] = scores.max(axis=1) / 100
+    return best, where
+
+
+def qa_with_columns(documents: pd.DataFrame, qa: pd.DataFrame) -> pd.DataFrame:
+    """QA copy with helper columns for the length and cross-table rules."""
+    frame = qa.reset_index(drop=True)
+    frame[ROW] = range(len(frame))
+    if "question" in frame:
+        frame["question_chars"] = frame["question"].map(text_length).astype(float)
+    if "answer" in frame:
+        answers = frame["answer"].map(answer_list)
+        frame["answer_count"] = answers.map(len)
+        frame["answer_chars_min"] = answers.map(lambda a: min(map(len, a)) if a else math.nan).astype(float)
+        frame["answer_chars_max"] = answers.map(lambda a: max(map(len, a)) if a else math.nan).astype(float)
+        if "doc_id" in frame and {"doc_id", "text"} <= set(documents.columns):
+            norm_docs = {d: normalize_answer(t) for d, t in zip(documents["doc_id"], documents["text"], strict=True)
+                         if isinstance(t, str)}
+
+            def occurs(ans: list[str], doc_id: Any) -> bool | None:
+                if not ans or doc_id not in norm_docs:
+                    return None  # reported by the answer-count / doc_id rules
+                return any((n := normalize_answer(a)) and n in norm_docs[doc_id] for a in ans)
+
+            frame["answer_in_gold_doc"] = pd.Series(
+                [occurs(a, d) for a, d in zip(answers, frame["doc_id"], strict=True)], dtype=object)
+    if {"question", "split"} <= set(frame.columns):
+        _add_leakage_columns(frame)
+    return frame
+
+
+def _add_leakage_columns(frame: pd.DataFrame) -> None:
+    norm = frame["question"].map(lambda q: normalize_answer(q) if isinstance(q, str) else "")
+    ids = frame["qa_id"] if "qa_id" in frame else frame[ROW]
+    train = (frame["split"] == "train") & (norm != "")
+    test = (frame["split"] == "test") & (norm != "")
+    train_first: dict[str, Any] = {}
+    for q, i in zip(norm[train], ids[train], strict=True):
+        train_first.setdefault(q, i)
+    exact = test & norm.isin(train_first)
+    frame["test_question_normalised"] = pd.Series(np.where(test, norm, None), dtype=object)
+    frame["train_duplicate_of"] = pd.Series([train_first.get(q) if e else None for q, e in zip(norm, exact,
+                                                                                               strict=True)],
+                                            dtype=object)
+    similarity = np.full(len(frame), np.nan)
+    closest_id = np.full(len(frame), None, dtype=object)
+    closest_q = np.full(len(frame), None, dtype=object)
+    near = test & ~exact
+    train_q, train_ids = norm[train].tolist(), ids[train].tolist()
+    train_raw = frame.loc[train, "question"].tolist()
+    if near.any() and train_q:
+        best, where = _near_duplicates(norm[near].tolist(), train_q)
+        positions = np.flatnonzero(near.to_numpy())
+        similarity[positions] = best
+        closest_id[positions] = [train_ids[w] for w in where]
+        closest_q[positions] = [train_raw[w] for w in where]
+    frame["train_similarity"] = similarity
+    frame["closest_train_qa_id"] = closest_id
+    frame["closest_train_question"] = closest_q
