@@ -38,8 +38,9 @@ from tasks.offline import enable_offline_mode  # noqa: E402
 enable_offline_mode()
 
 from tasks import indexing, retrieval  # noqa: E402
+from tasks.index_settings import FaissConfig, IndexConfig  # noqa: E402
 from tasks.models import embedding_model_dir  # noqa: E402
-from tasks.settings import FaissConfig, IndexConfig, load_config  # noqa: E402
+from tasks.settings import load_config  # noqa: E402
 from tasks.vector_index import build_faiss, recall_vs_exact  # noqa: E402
 
 XQUAD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "xquad_en" / "xquad.en.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tasks.offline import enable_offline_mode
 
@@ -35,19 +37,44 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, DataLoadError, DataValidationError, ModelSourceError, IndexBuildError, FileNotFoundError
 
 
+class _OneLineForUserErrors(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback at the task and at the flow, and the
+    final states with the whole message. For an expected user error the CLI prints the message once
+    (below), so those records keep their first line and lose the traceback."""
+
+    def __init__(self, names: tuple[str, ...]):
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(name in text for name in self.names):
+            first = text.split("\\n")[0].splitlines()[0]  # repr()s in Prefect's messages escape newlines
+            record.msg, record.args = first[:200] + " ... (the message follows below)", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    names = tuple(e.__name__ for e in _user_errors())
+    for logger in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(logger).addFilter(_OneLineForUserErrors(names))
+
+
 def _run(fn, *args, **kwargs):
-    """Call a flow; turn expected user errors into a readable message and exit code 2.
+    """Call a flow; turn expected user errors into one readable message and exit code 2.
 
     The config is checked first, so a typo fails in a second, before Prefect starts its server.
     """
     from tasks.settings import load_config
 
+    _quiet_user_errors()
     try:
         if "config" in kwargs:
             load_config(kwargs["config"], kwargs.get("overrides"))
         return fn(*args, **kwargs)
     except _user_errors() as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print("[bold red]error:[/]", escape(str(err)))
         raise typer.Exit(2) from None
 
 
@@ -57,13 +84,34 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt =
     import pandas as pd
 
     from flows.pipeline import retrain_flow
+    from tasks.answer_types import DEFAULTS
     from tasks.report import print_comparison
 
     result = _run(retrain_flow, config=config, overrides=set_ or [], data=data)
-    print_comparison(pd.DataFrame(result.comparison), console)
+    print_comparison(pd.DataFrame(result.comparison), console, DEFAULTS[result.answer_type].headline)
     for reason in result.decision.reasons:
         console.print(f"• {reason}")
     console.print(f"MLflow parent run: {result.run_id}  (data fingerprint {result.fingerprint})")
+
+
+@app.command()
+def inspect(data: Annotated[str, typer.Option("--data", "-d", help="Data path (dir, SQuAD .json or HF dir).")],
+            out: Annotated[str | None, typer.Option("--out", "-o", help="Starter config to write "
+                                                    "(default: configs/<data name>.yaml).")] = None,
+            config: Annotated[str, typer.Option("--config", "-c", help="Template the starter config starts from.")]
+            = DEFAULT_CONFIG) -> None:
+    """Profile a new dataset (answer type and why, lengths, splits, rows validation would reject) and write
+    a starter config that runs on it."""
+    from pathlib import Path
+
+    from tasks.inspection import inspect_dataset, read_template, write_config
+    from tasks.report import print_inspection
+
+    inspection = _run(inspect_dataset, Path(data), _run(read_template, config))
+    target = Path(out) if out else Path("configs") / f"{Path(inspection.config['mlflow']['experiment']).name}.yaml"
+    write_config(inspection, target)
+    print_inspection(inspection, console)
+    console.print(f"\nstarter config written to [bold]{target}[/]; next: [bold]ragtune run --config {target}[/]")
 
 
 @app.command()
@@ -152,10 +200,11 @@ def evaluate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: Data
     import pandas as pd
 
     from flows.pipeline import evaluate_flow
+    from tasks.answer_types import DEFAULTS
     from tasks.report import print_comparison
 
     result = _run(evaluate_flow, config=config, overrides=set_ or [], data=data)
-    print_comparison(pd.DataFrame(result.comparison), console)
+    print_comparison(pd.DataFrame(result.comparison), console, DEFAULTS[result.answer_type].headline)
 
 
 @app.command()

@@ -34,6 +34,7 @@ class PipelineResult:
     run_id: str
     fingerprint: str
     validation: ValidationReport
+    answer_type: str
     index: IndexBuild | None = None
     adapters: dict[Mode, TrainedAdapter] = field(default_factory=dict)
     comparison: list[dict] = field(default_factory=list)
@@ -53,11 +54,13 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
     """Run the DAG up to and including `until` (`mode`: train only that adapter) under one MLflow parent run."""
     cfg = prepare(config, overrides, data)
     with mlflow.start_run(run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
-        log_record(pipeline_record(cfg, config))
         dataset = stages.load_data(cfg)
+        cfg = stages.resolve_answer_type(cfg, dataset)
+        log_record(pipeline_record(cfg, config))
         log_data_version(dataset)
-        ctx = RunContext(cfg, dataset, parent.info.run_id)
-        result = PipelineResult(parent.info.run_id, dataset.fingerprint, stages.validate(ctx))
+        validated = stages.validate(RunContext(cfg, dataset, parent.info.run_id))
+        ctx = RunContext(cfg, validated.dataset, parent.info.run_id)  # without quarantined rows
+        result = PipelineResult(parent.info.run_id, ctx.dataset.fingerprint, validated.report, cfg.data.answer_type)
         if until == "validate":
             return result
 
@@ -74,7 +77,7 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
 
         outcomes = [stages.evaluate_candidate(ctx, c.name, result.adapters.get(c.adapter), result.index)
                     for c in plan.candidates]
-        table = stages.record_comparison(outcomes)
+        table = stages.record_comparison(ctx, outcomes)
         result.comparison = table.to_dict(orient="records")
         if until == "promote":
             result.decision = stages.promote(ctx, outcomes)

@@ -13,18 +13,42 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.context import RunContext
-from tasks import candidates, data_loading, evaluation, finetuning, indexing, promotion, validation
+from tasks import (
+    answer_types,
+    candidates,
+    data_loading,
+    evaluation,
+    finetuning,
+    indexing,
+    promotion,
+    quarantine,
+    validation,
+)
 from tasks.candidates import Mode
 from tasks.champion import Decision
 from tasks.data_loading import Dataset
 from tasks.evaluation import CandidateOutcome
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
+from tasks.models import token_counter
+from tasks.quarantine import Validated
 from tasks.settings import PipelineConfig
 from tasks.tracking import log_record
 
 
-@task(name="load-data", task_run_name="load-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def _retry_unless_bad_data(task, task_run, state) -> bool:
+    """A read may fail for a passing reason (a network file system); data that breaks the contract will not mend."""
+    try:
+        state.result()
+    except data_loading.DataLoadError:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure is worth the configured retries
+        return True
+    return True
+
+
+@task(name="load-data", task_run_name="load-data", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=_retry_unless_bad_data, cache_policy=NO_CACHE)
 def load_data(cfg: PipelineConfig) -> Dataset:
     dataset = data_loading.load_dataset(cfg.data)
     get_run_logger().info("loaded %s: %d documents, %d QA pairs, fingerprint %s", dataset.source,
@@ -32,17 +56,32 @@ def load_data(cfg: PipelineConfig) -> Dataset:
     return dataset
 
 
+@task(name="answer-type", task_run_name="answer-type", cache_policy=NO_CACHE)
+def resolve_answer_type(cfg: PipelineConfig, dataset: Dataset) -> PipelineConfig:
+    """The config with the answer type decided (declared or inferred) and what follows from it filled in."""
+    resolved, settings = answer_types.resolve(cfg, dataset.qa, dataset.documents,
+                                              token_counter(cfg.base_model, cfg.model_cache))
+    log_record(answer_types.answer_type_record(settings))
+    get_run_logger().info("answer type %s (%s): %s", settings.answer_type,
+                          "declared" if settings.declared else "inferred", settings.reason)
+    return resolved
+
+
 @task(name="validate", task_run_name="validate", cache_policy=NO_CACHE)
-def validate(ctx: RunContext) -> validation.ValidationReport:
-    """Run the Great Expectations suites; log the result; raise DataValidationError on failure."""
-    data = ctx.dataset
-    report = validation.validate_dataset(data.documents, data.qa, ctx.cfg.validation, data.source)
+def validate(ctx: RunContext) -> Validated:
+    """Run the Great Expectations suites (quarantining failing rows if configured); log the result;
+    raise DataValidationError when the run must stop."""
+    validated = quarantine.validate_and_quarantine(ctx.dataset, ctx.cfg)
     with ctx.child_run("validate"):
-        log_record(validation.validation_record(report, data.fingerprint))
-    if not report.success:
-        get_run_logger().error("data validation failed:\n%s", report.to_markdown())
-    validation.ensure_valid(report)
-    return report
+        log_record(quarantine.validated_record(validated))
+    logger = get_run_logger()
+    if (summary := quarantine.quarantine_summary(validated)) is not None:
+        logger.warning(summary)
+    if not validated.report.success:
+        logger.error("data validation failed: %d rule(s) broken; the report is validation/report.md of the "
+                     "validate run in MLflow", len(validated.report.failures))
+    validation.ensure_valid(validated.report)
+    return validated
 
 
 @task(name="index", task_run_name="index", cache_policy=NO_CACHE)
@@ -73,13 +112,13 @@ def evaluate_candidate(ctx: RunContext, name: str, adapter: TrainedAdapter | Non
         outcome = evaluation.run_candidate(candidates.get(name), ctx.dataset, ctx.cfg, ctx.base_model_dir, adapter,
                                            index, run.info.run_id)
         log_record(evaluation.candidate_record(outcome, ctx.cfg))
-    get_run_logger().info(evaluation.candidate_summary(outcome.report))
+    get_run_logger().info(evaluation.candidate_summary(outcome.report, ctx.cfg.data.answer_type))
     return outcome
 
 
-def record_comparison(outcomes: list[CandidateOutcome]) -> pd.DataFrame:
+def record_comparison(ctx: RunContext, outcomes: list[CandidateOutcome]) -> pd.DataFrame:
     """The comparison table, chart and latency plot on the pipeline's (active) parent run."""
-    table, record = evaluation.comparison_record([o.report for o in outcomes])
+    table, record = evaluation.comparison_record([o.report for o in outcomes], ctx.cfg.data.answer_type)
     log_record(record)
     return table
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from tasks.answer_types import canonical_label
 from tasks.candidates import Candidate
 from tasks.endpoint import EndpointClient
+from tasks.label_scoring import label_scores
 from tasks.models import load_causal_lm
 from tasks.prompts import build_messages, clean_answer, render_prompt
 from tasks.retrieval import Hit, Retriever
-from tasks.settings import EndpointConfig, GenerationConfig
+from tasks.settings import EndpointConfig, GenerationConfig, PipelineConfig
 
 if TYPE_CHECKING:
     import torch
@@ -127,12 +129,15 @@ class Answerer:
     """
 
     def __init__(self, model_dir: str, gen_cfg: GenerationConfig, adapter_dir: str | Path | None = None,
-                 retriever: Retriever | None = None, top_k: int = 3):
+                 retriever: Retriever | None = None, top_k: int = 3, answer_type: str = "span",
+                 labels: list[str] | None = None):
         self.tokenizer, self.model = load_causal_lm(model_dir, adapter_dir)
         self.tokenizer.padding_side = "left"
         self.gen_cfg = gen_cfg
         self.retriever = retriever
         self.top_k = top_k
+        self.answer_type = answer_type
+        self.labels = labels if answer_type == "label" else None
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
 
     def _generate(self, prompts: list[str]) -> tuple[list[str], list[int], FinishClock]:
@@ -169,14 +174,27 @@ class Answerer:
         prompts = [render_prompt(self.tokenizer, build_messages(q, [h.text for h in hs] if self.retriever else None,
                                                                 self.gen_cfg))
                    for q, hs in zip(chunk, hits, strict=True)]
+        if self.labels:
+            return self._choose_labels(chunk, hits, prompts, t0, retrieval_s)
         texts, prompt_tokens, clock = self._generate(prompts)
         share = (time.perf_counter() - t0) / len(chunk)
         ttft_ms = (clock.first_token_at - t0) * 1000
-        return [Answer(q, clean_answer(text), hs, latency_ms=(done - t0) * 1000, compute_seconds=share,
+        return [Answer(q, clean_answer(text, self.answer_type), hs, latency_ms=(done - t0) * 1000,
+                       compute_seconds=share,
                        prompt_tokens=pt, new_tokens=n, retrieval_ms=retrieval_s * 1000, ttft_ms=ttft_ms,
                        finish_reason=reason)
                 for q, hs, text, pt, n, done, reason in zip(chunk, hits, texts, prompt_tokens, clock.lengths,
                                                             clock.finished_at, clock.reasons, strict=True)]
+
+    def _choose_labels(self, chunk: list[str], hits: list[list[Hit]], prompts: list[str], t0: float,
+                       retrieval_s: float) -> list[Answer]:
+        """The most likely label per question (tasks.label_scoring); all finish when the batch is scored."""
+        scores, prompt_tokens = label_scores(self.model, self.tokenizer, prompts, self.labels)
+        done = time.perf_counter()
+        best = scores.argmax(dim=1).tolist()
+        return [Answer(q, self.labels[b], hs, latency_ms=(done - t0) * 1000, compute_seconds=(done - t0) / len(chunk),
+                       prompt_tokens=pt, retrieval_ms=retrieval_s * 1000, finish_reason="label")
+                for q, hs, b, pt in zip(chunk, hits, best, prompt_tokens, strict=True)]
 
 
 class EndpointAnswerer:
@@ -188,12 +206,14 @@ class EndpointAnswerer:
     """
 
     def __init__(self, endpoint: EndpointConfig, gen_cfg: GenerationConfig, retriever: Retriever | None = None,
-                 top_k: int = 3):
+                 top_k: int = 3, answer_type: str = "span", labels: list[str] | None = None):
         self.endpoint = endpoint
         self.client = EndpointClient(endpoint)
         self.gen_cfg = gen_cfg
         self.retriever = retriever
         self.top_k = top_k
+        self.answer_type = answer_type
+        self.labels = labels if answer_type == "label" else None
 
     def answer(self, questions: list[str], batch_size: int | None = None) -> list[Answer]:
         batch_size = batch_size or self.gen_cfg.batch_size
@@ -211,12 +231,15 @@ class EndpointAnswerer:
         completions = list(pool.map(
             lambda m: self.client.complete(m, self.gen_cfg.max_new_tokens, self.gen_cfg.stop), messages))
         share = (time.perf_counter() - t0) / len(chunk)
-        return [Answer(q, clean_answer(cut_at_stop(c.text, self.gen_cfg.stop)), hs,
+        texts = [clean_answer(cut_at_stop(c.text, self.gen_cfg.stop), self.answer_type) for c in completions]
+        if self.labels:  # an endpoint generates; its text counts as the label it names (else it stays wrong)
+            texts = [canonical_label(text, self.labels) or text for text in texts]
+        return [Answer(q, text, hs,
                        latency_ms=(c.finished_at - t0) * 1000, compute_seconds=share,
                        prompt_tokens=c.prompt_tokens, new_tokens=c.completion_tokens,
                        retrieval_ms=retrieval_s * 1000, ttft_ms=None, finish_reason=c.finish_reason,
                        api_cost_usd=c.cost(self.endpoint))
-                for q, hs, c in zip(chunk, hits, completions, strict=True)]
+                for q, hs, c, text in zip(chunk, hits, completions, texts, strict=True)]
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> set[int]:
@@ -228,12 +251,14 @@ def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> set[
     return ids
 
 
-def answerer_for(candidate: Candidate, gen_cfg: GenerationConfig, model_dir: str, adapter_dir: str | Path | None,
-                 retriever: Retriever | None, top_k: int) -> AnswerSource:
-    """The system that answers for `candidate`, in evaluation and when served: `generation.endpoint` for a
-    candidate declared `endpoint=True` when one is configured, the local SLM (with the adapter) otherwise."""
+def answerer_for(candidate: Candidate, cfg: PipelineConfig, model_dir: str, adapter_dir: str | Path | None,
+                 retriever: Retriever | None) -> AnswerSource:
+    """The system that answers for `candidate` under a resolved config (tasks.answer_types), in evaluation
+    and when served: `generation.endpoint` for a candidate declared `endpoint=True` when one is configured,
+    the local SLM (with the adapter) otherwise."""
     if candidate.retrieves != (retriever is not None):
         raise ValueError(f"candidate {candidate.name} {'needs a' if candidate.retrieves else 'takes no'} retriever")
-    if candidate.endpoint and gen_cfg.endpoint is not None:
-        return EndpointAnswerer(gen_cfg.endpoint, gen_cfg, retriever=retriever, top_k=top_k)
-    return Answerer(model_dir, gen_cfg, adapter_dir=adapter_dir, retriever=retriever, top_k=top_k)
+    kind = {"answer_type": cfg.data.answer_type, "labels": cfg.data.labels}
+    if candidate.endpoint and cfg.generation.endpoint is not None:
+        return EndpointAnswerer(cfg.generation.endpoint, cfg.generation, retriever, cfg.index.top_k, **kind)
+    return Answerer(model_dir, cfg.generation, adapter_dir, retriever, cfg.index.top_k, **kind)

@@ -16,6 +16,8 @@ from tasks.metrics import PairedBootstrap, paired_bootstrap
 from tasks.settings import ChampionConfig
 
 FALLBACK_METRIC = "f1"
+# Measured in time: their constraints are not enforced on a measurement that other processes disturbed.
+LOAD_SENSITIVE = ("latency_", "ttft_", "batch_latency_", "batch_ttft_")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Decision:
     promote: bool
     scores: dict[str, float] = field(default_factory=dict)
     violations: dict[str, list[str]] = field(default_factory=dict)
+    not_enforced: dict[str, list[str]] = field(default_factory=dict)  # latency bounds on disturbed measurements
     reasons: list[str] = field(default_factory=list)
     significance: PairedBootstrap | None = None
     significance_metric: str | None = None  # what was compared per question: "objective" or a metric name
@@ -46,23 +49,42 @@ class Decision:
         lines += ["", "## Candidates", "", "| candidate | objective | eligible | violations |", "|---|---|---|---|"]
         for name, score in self.scores.items():
             v = self.violations.get(name, [])
-            lines.append(f"| {name} | {score:.4f} | {'no' if v else 'yes'} | {'; '.join(v)} |")
+            waived = [f"not enforced (disturbed measurement): {w}" for w in self.not_enforced.get(name, [])]
+            lines.append(f"| {name} | {score:.4f} | {'no' if v else 'yes'} | {'; '.join(v + waived)} |")
         lines += ["", "## Challenger vs champion", "", f"- {self.significance_note}"]
         lines += ["", "## Reasons", ""] + [f"- {r}" for r in self.reasons]
         return "\n".join(lines) + "\n"
 
 
-def violations(metrics: dict[str, float], policy: ChampionConfig) -> list[str]:
+def _broken(metrics: dict[str, float], policy: ChampionConfig) -> list[tuple[str, str]]:
     found = []
     for metric, bound in policy.constraints.items():
         value = metrics.get(metric)
         if value is None or math.isnan(value):
-            found.append(f"{metric} missing")
+            found.append((metric, f"{metric} missing"))
         elif bound.min is not None and value < bound.min:
-            found.append(f"{metric}={value:.4g} < {bound.min}")
+            found.append((metric, f"{metric}={value:.4g} < {bound.min}"))
         elif bound.max is not None and value > bound.max:
-            found.append(f"{metric}={value:.4g} > {bound.max}")
+            found.append((metric, f"{metric}={value:.4g} > {bound.max}"))
     return found
+
+
+def _disturbed(metrics: dict[str, float]) -> bool:
+    return metrics.get("latency_disturbed", 0.0) >= 1
+
+
+def violations(metrics: dict[str, float], policy: ChampionConfig) -> list[str]:
+    """The constraints a candidate breaks; a latency bound on a disturbed measurement does not count."""
+    return [text for metric, text in _broken(metrics, policy)
+            if not (_disturbed(metrics) and metric.startswith(LOAD_SENSITIVE))]
+
+
+def not_enforced(metrics: dict[str, float], policy: ChampionConfig) -> list[str]:
+    """Latency bounds broken on a measurement other processes disturbed: reported, not enforced."""
+    if not _disturbed(metrics):
+        return []
+    return [f"{text} (other processes used {metrics.get('latency_other_cores', float('nan')):.1f} cores)"
+            for metric, text in _broken(metrics, policy) if metric.startswith(LOAD_SENSITIVE)]
 
 
 def objective(metrics: dict[str, float], policy: ChampionConfig) -> float:
@@ -123,9 +145,13 @@ def decide(candidates: dict[str, dict[str, float]], policy: ChampionConfig,
     viols = {name: violations(m, policy) for name, m in candidates.items()}
     eligible = _eligible(candidates, policy)
     decision = Decision(None, None, None, False, scores, viols)
+    decision.not_enforced = {n: w for n, m in candidates.items() if (w := not_enforced(m, policy))}
     for name, v in viols.items():
         if v:
             decision.reasons.append(f"{name} is not eligible: {'; '.join(v)}")
+    for name, waived in decision.not_enforced.items():
+        decision.reasons.append(f"{name}: latency measured while the machine was busy, so not enforced: "
+                                f"{'; '.join(waived)}")
     if not eligible:
         decision.significance_note = "not tested: there is no challenger"
         decision.reasons.append("no candidate meets the constraints: nothing is promoted")

@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from tasks.settings import ChunkingConfig
+from tasks.index_settings import ChunkingConfig
 
 CHUNK_COLUMNS = ["chunk_id", "doc_id", "title", "text", "start", "end", "content_hash"]
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")

@@ -14,17 +14,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.answer_types import DEFAULTS
 from tasks.answering import Answer, AnswerSource, answerer_for
 from tasks.candidates import Candidate, CandidateBundle
 from tasks.data_loading import Dataset
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
+from tasks.latency import measure_latency
 from tasks.metrics import (
     JUDGE_METRICS,
     answer_support,
     bootstrap_ci,
+    bootstrap_statistic,
+    confusion_matrix,
     exact_match,
     f1,
+    macro_f1,
     ragas_judge_scores,
     ragas_scores,
     retrieval_scores,
@@ -34,8 +39,8 @@ from tasks.records import RunRecord
 from tasks.retrieval import Retriever
 from tasks.settings import EvaluationConfig, PipelineConfig
 
-QUALITY_METRICS = ("exact_match", "f1", "groundedness", "hallucination_rate", "string_similarity", "rouge", "bleu",
-                   "semantic_similarity", "context_precision", "context_recall", *JUDGE_METRICS)
+QUALITY_METRICS = ("exact_match", "f1", "accuracy", "groundedness", "hallucination_rate", "string_similarity",
+                   "rouge", "bleu", "semantic_similarity", "context_precision", "context_recall", *JUDGE_METRICS)
 RETRIEVAL_METRICS = ("recall_at_k", "precision_at_k", "mrr", "ndcg_at_k")
 NO_JUDGE = "absent: no judge endpoint configured"
 NO_CONTEXT = "absent: some questions have no retrieved passages to be faithful to (closed book)"
@@ -47,6 +52,7 @@ class CandidateReport:
     metrics: dict[str, float]
     per_question: pd.DataFrame
     absent: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
+    confusion: pd.DataFrame | None = None  # label answers: gold rows x predicted columns
 
 
 def _per_question(answers: list[Answer], qa: pd.DataFrame, doc_text: dict[str, str], retrieval: bool, k: int,
@@ -89,12 +95,11 @@ def summarise(table: pd.DataFrame, cfg: EvaluationConfig, seed: int) -> dict[str
         if name in QUALITY_METRICS:
             low, high = bootstrap_ci(values.tolist(), cfg.bootstrap_samples, seed, cfg.confidence_level)
             metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
-    metrics["latency_p50_ms"] = float(np.percentile(table["latency_ms"], 50))
-    metrics["latency_p95_ms"] = float(np.percentile(table["latency_ms"], 95))
+    metrics["batch_latency_p50_ms"] = float(np.percentile(table["latency_ms"], 50))
+    metrics["batch_latency_p95_ms"] = float(np.percentile(table["latency_ms"], 95))
     ttft = table["ttft_ms"].dropna().astype(float)
     if not ttft.empty:
-        metrics["ttft_p50_ms"] = float(np.percentile(ttft, 50))
-        metrics["ttft_p95_ms"] = float(np.percentile(ttft, 95))
+        metrics["batch_ttft_p50_ms"] = float(np.percentile(ttft, 50))
     if table["retrieval_ms"].gt(0).any():
         metrics["retrieval_p50_ms"] = float(np.percentile(table["retrieval_ms"], 50))
     metrics["tokens_per_query"] = float(table["tokens"].mean())
@@ -110,12 +115,27 @@ def absent_metrics(cfg: EvaluationConfig, table: pd.DataFrame) -> dict[str, str]
     return {"faithfulness": NO_CONTEXT} if "faithfulness" not in table else {}
 
 
+def _label_metrics(table: pd.DataFrame, labels: list[str], cfg: EvaluationConfig,
+                   seed: int) -> tuple[dict[str, float], pd.DataFrame]:
+    """accuracy per question (a column), macro-F1 with its bootstrap interval, and the confusion matrix."""
+    table["accuracy"] = table["exact_match"]
+    preds, golds = table["prediction"].tolist(), table["gold"].map(lambda g: g.split(" | ")[0]).tolist()
+    low, high = bootstrap_statistic(len(table), lambda idx: macro_f1([preds[i] for i in idx], [golds[i] for i in idx]),
+                                    cfg.bootstrap_samples, seed, cfg.confidence_level)
+    return ({"macro_f1": macro_f1(preds, golds), "macro_f1_ci_low": low, "macro_f1_ci_high": high},
+            confusion_matrix(preds, golds, labels))
+
+
 def evaluate_candidate(name: str, answerer: AnswerSource, qa: pd.DataFrame, doc_text: dict[str, str],
-                       cfg: EvaluationConfig, embedding_dir: Path, seed: int) -> CandidateReport:
-    """Answer every question with `answerer` and score the answers."""
+                       cfg: EvaluationConfig, embedding_dir: Path, seed: int, answer_type: str = "span",
+                       labels: list[str] | None = None) -> CandidateReport:
+    """Answer every question with `answerer` (batched) and score the answers by their type; then measure
+    latency under control (tasks.latency) on the first `latency_sample` questions."""
     answers = answerer.answer(qa["question"].tolist())
     retrieval = answerer.retriever is not None
     table = _per_question(answers, qa, doc_text, retrieval, answerer.top_k, cfg.support_threshold)
+    extra, confusion = (_label_metrics(table, labels, cfg, seed) if answer_type == "label" and labels
+                        else ({}, None))
     rows = [{
         "user_input": q.question, "response": a.text, "reference": q.answer[0],
         "retrieved_contexts": [h.text for h in a.passages], "reference_contexts": [doc_text[q.doc_id]],
@@ -126,20 +146,27 @@ def evaluate_candidate(name: str, answerer: AnswerSource, qa: pd.DataFrame, doc_
     if cfg.judge is not None:
         for metric, values in ragas_judge_scores(rows, cfg.judge, embedding_dir).items():
             table[metric] = values
-    return CandidateReport(name, summarise(table, cfg, seed), table, absent_metrics(cfg, table))
+    latency = measure_latency(answerer, qa["question"].tolist()[:cfg.latency_sample], cfg.disturbed_cores)
+    metrics = summarise(table, cfg, seed) | extra | latency.metrics()
+    return CandidateReport(name, metrics, table, absent_metrics(cfg, table), confusion)
 
 
-COMPARISON_COLUMNS = ("exact_match", "f1", "semantic_similarity", "groundedness", "hallucination_rate",
-                      *JUDGE_METRICS, "recall_at_k", "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms",
-                      "tokens_per_query", "cost_per_1k_queries")
+COMMON_COLUMNS = ("groundedness", "hallucination_rate", *JUDGE_METRICS, "recall_at_k", "latency_p50_ms",
+                  "latency_p95_ms", "ttft_p50_ms", "tokens_per_query", "cost_per_1k_queries")
 
 
-def comparison_table(reports: list[CandidateReport]) -> pd.DataFrame:
+def comparison_columns(answer_type: str) -> tuple[str, ...]:
+    """The comparison's columns: the type's two headline metrics first (tasks.answer_types)."""
+    headline = DEFAULTS[answer_type].headline
+    return (*headline, *(("semantic_similarity",) if answer_type != "label" else ()), *COMMON_COLUMNS)
+
+
+def comparison_table(reports: list[CandidateReport], answer_type: str = "span") -> pd.DataFrame:
     """One row per candidate; an absent metric's cell says why it is absent."""
     rows = []
     for r in reports:
         row: dict[str, object] = {"candidate": r.name}
-        for c in COMPARISON_COLUMNS:
+        for c in comparison_columns(answer_type):
             row[c] = r.absent[c] if c in r.absent else r.metrics.get(c, float("nan"))
             if f"{c}_ci_low" in r.metrics:
                 row[f"{c}_ci"] = f"[{r.metrics[f'{c}_ci_low']:.2f}, {r.metrics[f'{c}_ci_high']:.2f}]"
@@ -176,9 +203,9 @@ def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, b
     retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
     adapter_dir = adapter.adapter_dir if adapter else None
     test = evaluation_questions(dataset, cfg)
-    answerer = answerer_for(candidate, cfg.generation, base_model_dir, adapter_dir, retriever, cfg.index.top_k)
+    answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
     report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
-                                embedding_model_dir(cfg.index), cfg.seed)
+                                embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type, cfg.data.labels)
     lineage = {"data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
                "index_version": index.version if index_dir is not None else "none",
                "adapter_run": adapter.run_id if adapter else "none", "candidate_run_id": run_id,
@@ -188,29 +215,37 @@ def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, b
 
 
 def candidate_record(outcome: CandidateOutcome, cfg: PipelineConfig) -> RunRecord:
+    from tasks.report import confusion_figure
+
     report, bundle = outcome.report, outcome.bundle
     record = RunRecord(
-        tags={"candidate": report.name, **bundle.lineage},
+        tags={"candidate": report.name, "answer_type": cfg.data.answer_type, **bundle.lineage},
         params={"candidate": report.name, "retrieval": bundle.index_dir is not None,
                 "adapter": bool(bundle.adapter_dir), "max_new_tokens": cfg.generation.max_new_tokens},
         metrics=report.metrics, tables={f"per_question_{report.name}.csv": report.per_question})
     if report.absent:
         record.dicts["absent_metrics.json"] = report.absent
+    if report.confusion is not None:
+        record.tables[f"confusion_{report.name}.csv"] = report.confusion.reset_index()
+        record.figures[f"plots/confusion_{report.name}.png"] = lambda: confusion_figure(report.name, report.confusion)
     return record
 
 
-def candidate_summary(report: CandidateReport) -> str:
+def candidate_summary(report: CandidateReport, answer_type: str = "span") -> str:
     m = report.metrics
-    return f"candidate {report.name}: EM {m['exact_match']:.3f} F1 {m['f1']:.3f} p50 {m['latency_p50_ms']:.0f} ms"
+    scores = " ".join(f"{name} {m.get(name, float('nan')):.3f}" for name in DEFAULTS[answer_type].headline)
+    return (f"candidate {report.name}: {scores}; p50 {m['latency_p50_ms']:.0f} ms "
+            f"(one at a time{', disturbed' if m.get('latency_disturbed') else ''})")
 
 
-def comparison_record(reports: list[CandidateReport]) -> tuple[pd.DataFrame, RunRecord]:
+def comparison_record(reports: list[CandidateReport], answer_type: str = "span") -> tuple[pd.DataFrame, RunRecord]:
     """The comparison table, its chart with intervals and the latency distributions, for the parent run."""
     from tasks.report import comparison_figure, latency_figure
 
-    table = comparison_table(reports)
+    table = comparison_table(reports, answer_type)
+    chart = (*DEFAULTS[answer_type].headline, "semantic_similarity", "groundedness")
     return table, RunRecord(
         texts={"comparison.md": table.to_markdown(index=False, floatfmt=".3f")},
         tables={"comparison.csv": table},
-        figures={"plots/comparison.png": lambda: comparison_figure(reports),
+        figures={"plots/comparison.png": lambda: comparison_figure(reports, chart),
                  "plots/latency.png": lambda: latency_figure(reports)})

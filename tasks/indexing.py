@@ -34,10 +34,10 @@ import pandas as pd
 
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.chunking import chunk_documents
+from tasks.index_settings import IndexConfig
 from tasks.models import embedding_model_dir
 from tasks.records import RunRecord
 from tasks.retrieval import Retriever, embed, embedder, evaluate_retrieval, faiss_type
-from tasks.settings import IndexConfig
 from tasks.vector_index import FLAT, build_faiss, choose_type, recall_vs_exact
 
 CURRENT = "CURRENT"

@@ -1,7 +1,11 @@
 """Metric definitions. Names here are the stable column names users compare in MLflow.
 
 - exact_match / f1: the official SQuAD v1.1 evaluation (normalise: lowercase, drop punctuation,
-  drop the articles a/an/the, collapse whitespace; max over the accepted answers).
+  drop the articles a/an/the, collapse whitespace; max over the accepted answers). For free_form
+  answers f1 is the token F1 against the reference.
+- label answers: accuracy (the predicted label equals the gold one, normalised), macro_f1 (the
+  mean over the labels present in gold or prediction of each label's F1; its interval resamples
+  questions), and the confusion matrix (gold rows, predicted columns).
 - groundedness: share of an answer's normalised tokens found in its supporting text (the
   retrieved passages plus the gold document). hallucination_rate: share of non-empty answers
   whose groundedness is below `support_threshold`.
@@ -16,8 +20,11 @@
   faithfulness (share of the answer's claims supported by the retrieved passages; retrieving
   candidates only) and answer_correctness (claim-level F1 against the reference, blended with
   semantic similarity as ragas does). Without a judge both are absent, never estimated.
-- latency_ms (per question, reported as latency_p50_ms / latency_p95_ms): wall time from the
-  moment its batch starts (retrieval included) until that question's own answer is finished —
+- latency_p50_ms / latency_p95_ms / ttft_p50_ms / ttft_p95_ms: from the controlled measurement
+  of tasks.latency (warm, one question at a time, other processes' CPU use recorded); these are
+  what the champion policy reads. The batched pass below gives batch_latency_p50_ms / _p95_ms.
+- latency_ms (per question in the batched pass, reported as batch_latency_p50_ms / _p95_ms): wall
+  time from the moment its batch starts (retrieval included) until that question's own answer is finished —
   its sequence emitted EOS, completed a stop string, or reached max_new_tokens (for an endpoint:
   its response arrived). Under batched generation a short answer is not charged for the longest
   one in its batch, but it does wait for its batch's retrieval and prompt processing, as a caller
@@ -38,12 +45,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from tasks.text import normalize_answer
 
@@ -77,6 +85,41 @@ def exact_match(prediction: str, golds: Sequence[str]) -> float:
 
 def f1(prediction: str, golds: Sequence[str]) -> float:
     return max(_f1_single(prediction, g) for g in golds)
+
+
+def macro_f1(predictions: Sequence[str], golds: Sequence[str]) -> float:
+    """Mean per-label F1 over the labels that occur in the gold answers or the predictions (normalised)."""
+    pred = [normalize_answer(p) for p in predictions]
+    gold = [normalize_answer(g) for g in golds]
+    scores = []
+    for label in sorted(set(pred) | set(gold)):
+        tp = sum(p == g == label for p, g in zip(pred, gold, strict=True))
+        fp, fn = pred.count(label) - tp, gold.count(label) - tp
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def confusion_matrix(predictions: Sequence[str], golds: Sequence[str], labels: Sequence[str]) -> pd.DataFrame:
+    """Counts with gold labels as rows and predicted labels as columns (an unknown prediction is `other`)."""
+    by_norm = {normalize_answer(label): label for label in labels}
+    columns = [*labels, "other"]
+    table = pd.DataFrame(0, index=pd.Index(list(labels), name="gold"), columns=columns)
+    for p, g in zip(predictions, golds, strict=True):
+        gold = by_norm.get(normalize_answer(g))
+        if gold is not None:
+            table.at[gold, by_norm.get(normalize_answer(p), "other")] += 1
+    return table if table["other"].any() else table.drop(columns="other")
+
+
+def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float], samples: int, seed: int,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of a statistic of n questions (resampled as index arrays)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, size=n)) for _ in range(samples)]
+    tail = (1 - level) / 2 * 100
+    return float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))
 
 
 def answer_support(answer: str, supporting_texts: Sequence[str]) -> float | None:

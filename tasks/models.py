@@ -16,10 +16,13 @@ import importlib
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 from tasks.atomic import atomic_directory
-from tasks.settings import IndexConfig, ModelSource
+from tasks.index_settings import IndexConfig
+from tasks.settings import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,20 @@ def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
     if not (target / "config.json").is_file():
         _convert_gguf(directory, source.gguf_file, target)
     return str(target)
+
+
+def token_counter(source: ModelSource, cache_dir: Path) -> Callable[[list[str]], list[int]]:
+    """Token counts under the base model's tokenizer; the model is resolved (and converted) on first use."""
+    @lru_cache(maxsize=1)
+    def tokenizer():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(resolve_model_dir(source, cache_dir))
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer()(list(texts), add_special_tokens=False)["input_ids"]]
+
+    return count
 
 
 def embedding_model_dir(cfg: IndexConfig) -> Path:

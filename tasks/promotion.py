@@ -118,7 +118,8 @@ def champion_baseline(cfg: PipelineConfig, challenger: CandidateOutcome,
             "stored metrics (same evaluation set)"
     model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@{CHAMPION}")
     report = evaluate_candidate("champion", model.unwrap_python_model().answerer, evaluation_questions(dataset, cfg),
-                                dataset.doc_text(), cfg.evaluation, embedding_model_dir(cfg.index), cfg.seed)
+                                dataset.doc_text(), cfg.evaluation, embedding_model_dir(cfg.index), cfg.seed,
+                                cfg.data.answer_type, cfg.data.labels)
     return report.metrics, report.per_question, "re-scored on this evaluation set"
 
 

@@ -40,7 +40,10 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     return f"{_bos_prefix(tokenizer)}{body}\nAnswer:"
 
 
-def clean_answer(text: str) -> str:
-    """The first line of the generation, trimmed: the model is asked for a short span."""
+def clean_answer(text: str, answer_type: str = "span") -> str:
+    """The answer in a generation: the first line for a span (the model is asked for a short span),
+    the whole text for a free-form or label answer; trimmed."""
     text = text.strip()
+    if answer_type in ("free_form", "label"):
+        return " ".join(text.split())
     return text.splitlines()[0].strip() if text else ""

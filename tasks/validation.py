@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,13 @@ class ExpectationFailure:
     rule: str
     unexpected_count: int
     examples: list[str]
+    key: str | None = None  # the config key that relaxes the rule
+    waivable: bool = True  # a row rule whose failing rows may be quarantined
+    rows: list[int] = field(default_factory=list)  # positions of the failing records in their table
+
+    @property
+    def where(self) -> str:
+        return f"{self.table}.{self.column}" if self.column else self.table
 
 
 @dataclass
@@ -57,12 +64,12 @@ class ValidationReport:
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
             lines.append(f"- {key.replace('_', ' ')}: {value}")
         if self.failures:
-            lines += ["", "| table | rule | expectation | column | failing | examples |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["", "| table | rule | expectation | column | failing | relax with | examples |",
+                      "|---|---|---|---|---|---|---|"]
             for f in self.failures:
                 examples = "<br>".join(_md_cell(e) for e in f.examples) or "-"
                 lines.append(f"| {f.table} | {_md_cell(f.rule)} | `{f.expectation}` | {f.column or '-'} "
-                             f"| {f.unexpected_count} | {examples} |")
+                             f"| {f.unexpected_count} | {f'`{f.key}`' if f.key else '-'} | {examples} |")
         else:
             lines += ["", "All expectations passed."]
         return "\n".join(lines) + "\n"
@@ -75,9 +82,14 @@ class DataValidationError(Exception):
         self.report = report
         lines = [f"data validation failed for {report.source}: {len(report.failures)} rule(s) broken"]
         for f in report.failures:
-            where = f"{f.table}.{f.column}" if f.column else f.table
-            lines.append(f"  - [{where}] {f.rule}: {f.unexpected_count} failing ({f.expectation})")
+            relax = f"; relax with {f.key}" if f.key else ""
+            lines.append(f"  - [{f.where}] {f.rule}: {f.unexpected_count} failing ({f.expectation}{relax})")
             lines += [f"      {e}" for e in f.examples]
+        if any(f.waivable for f in report.failures):
+            fatal = [f.where for f in report.failures if not f.waivable]
+            lines.append("  To drop the failing rows and go on instead: validation.on_failure=quarantine "
+                         "(up to validation.max_quarantined_share of the QA rows)"
+                         + (f"; {', '.join(fatal)} cannot be quarantined" if fatal else ""))
         super().__init__("\n".join(lines))
 
 
@@ -91,6 +103,8 @@ class _Rule:
     expectation: Any  # a great_expectations Expectation
     rule: str
     explain: Explain | None = None
+    key: str | None = None  # the config key that relaxes it
+    waivable: bool = True  # False: duplicate ids, leakage, split shares, missing columns always stop the run
 
     @property
     def column(self) -> str | None:
@@ -125,7 +139,7 @@ def _is_missing(value: Any) -> bool:
 
 def _schema_rules(gx: Any, frame: pd.DataFrame, required: tuple[str, ...], types: dict[str, str]) -> list[_Rule]:
     E = gx.expectations
-    rules = [_Rule(E.ExpectColumnToExist(column=c), f"column '{c}' exists") for c in required]
+    rules = [_Rule(E.ExpectColumnToExist(column=c), f"column '{c}' exists", waivable=False) for c in required]
     rules += [_Rule(E.ExpectColumnValuesToNotBeNull(column=c), f"{c} is present (not null)") for c in required]
     rules += [_Rule(E.ExpectColumnValuesToBeOfType(column=c, type_=t), f"{c} values are of type {t}")
               for c, t in types.items() if c in required or c in frame.columns]
@@ -135,17 +149,35 @@ def _schema_rules(gx: Any, frame: pd.DataFrame, required: tuple[str, ...], types
 def _doc_rules(gx: Any, docs: pd.DataFrame, cfg: ValidationConfig) -> list[_Rule]:
     E = gx.expectations
     low, high = cfg.doc_chars
+    bounds = f"within [{low}, {high}]" if high is not None else f"at least {low}"
     types = {"doc_id": "str", "title": "str", "text": "str", **{c: "str" for c in OPTIONAL_DOC_COLUMNS}}
     return [
         *_schema_rules(gx, docs, REQUIRED_DOC_COLUMNS, types),
         _Rule(E.ExpectColumnValuesToBeUnique(column="doc_id"), "doc_id is unique",
-              lambda r: f"duplicated (row {r[ROW]})"),
+              lambda r: f"duplicated (row {r[ROW]})", waivable=False),
         _Rule(E.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"), "document text is not empty",
               lambda r: f"text is empty ({_short(r['text'])})"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="text_chars", min_value=low, max_value=high),
-              f"document text length within [{low}, {high}] characters",
-              lambda r: f"text has {int(r['text_chars'])} characters"),
+              f"document text length {bounds} characters",
+              lambda r: f"text has {int(r['text_chars'])} characters", "validation.doc_chars"),
     ]
+
+
+def _answer_rules(gx: Any, answer_type: str, labels: list[str] | None) -> list[_Rule]:
+    """What an answer must be for its type: in its gold document (span), one of the labels (label)."""
+    E = gx.expectations
+    if answer_type == "span":
+        return [_Rule(E.ExpectColumnValuesToBeInSet(column="answer_in_gold_doc", value_set=[True]),
+                      "the gold answer occurs in its gold document (normalised)",
+                      lambda r: f"{_plural('answer', len(answer_list(r['answer'])))} "
+                                f"{', '.join(_short(a, 60) for a in answer_list(r['answer']))} "
+                                f"not in doc {r['doc_id']}",
+                      "data.answer_type (free_form answers need not occur in the document)")]
+    if answer_type == "label":
+        return [_Rule(E.ExpectColumnValuesToBeInSet(column="answer_in_label_set", value_set=[True]),
+                      f"the answer is one of the labels ({', '.join(labels or [])})",
+                      lambda r: f"answer {_short(answer_list(r['answer'])[:1])} is not a label", "data.labels")]
+    return []
 
 
 def _qa_rules(gx: Any, qa: pd.DataFrame, cfg: ValidationConfig, doc_ids: list[str],
@@ -157,36 +189,36 @@ def _qa_rules(gx: Any, qa: pd.DataFrame, cfg: ValidationConfig, doc_ids: list[st
     return [
         *_schema_rules(gx, qa, QA_COLUMNS, types),
         _Rule(E.ExpectColumnValuesToBeUnique(column="qa_id"), "qa_id is unique",
-              lambda r: f"duplicated (row {r[ROW]})"),
+              lambda r: f"duplicated (row {r[ROW]})", waivable=False),
         _Rule(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
               f"split is one of {', '.join(SPLITS)}", lambda r: f"split {_short(r['split'])}"),
         _Rule(E.ExpectColumnValuesToNotMatchRegex(column="question", regex=r"^\s*$"), "question is not empty",
               lambda r: f"question is empty ({_short(r['question'])})"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="question_chars", min_value=q_low, max_value=q_high),
               f"question length within [{q_low}, {q_high}] characters",
-              lambda r: f"question {_short(r['question'], 60)} has {int(r['question_chars'])} characters"),
+              lambda r: f"question {_short(r['question'], 60)} has {int(r['question_chars'])} characters",
+              "validation.question_chars"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="answer_count", min_value=1), "answer list is not empty",
               lambda r: f"no accepted answer ({_short(r['answer'])})"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="answer_chars_min", min_value=a_low),
               f"every answer has at least {a_low} character(s)",
-              lambda r: f"answer {_short(min(answer_list(r['answer']), key=len))} is too short"),
+              lambda r: f"answer {_short(min(answer_list(r['answer']), key=len))} is too short",
+              "validation.answer_chars"),
         _Rule(E.ExpectColumnValuesToBeBetween(column="answer_chars_max", max_value=a_high),
               f"every answer has at most {a_high} characters",
-              lambda r: f"answer of {int(r['answer_chars_max'])} characters"),
+              lambda r: f"answer of {int(r['answer_chars_max'])} characters", "validation.answer_chars"),
         _Rule(E.ExpectColumnValuesToBeInSet(column="doc_id", value_set=doc_ids), "every QA doc_id exists in documents",
               lambda r: f"doc_id {_short(r['doc_id'])} not in documents"),
-        _Rule(E.ExpectColumnValuesToBeInSet(column="answer_in_gold_doc", value_set=[True]),
-              "the gold answer occurs in its gold document (normalised)",
-              lambda r: f"{_plural('answer', len(answer_list(r['answer'])))} "
-                        f"{', '.join(map(repr, answer_list(r['answer'])))} not in doc {r['doc_id']}"),
         _Rule(E.ExpectColumnValuesToNotBeInSet(column="test_question_normalised", value_set=train_questions),
               "no test question also appears in train (exact, normalised)",
-              lambda r: f"test question {_short(r['question'], 60)} is also train qa_id={r['train_duplicate_of']}"),
+              lambda r: f"test question {_short(r['question'], 60)} is also train qa_id={r['train_duplicate_of']}",
+              waivable=False),
         _Rule(E.ExpectColumnValuesToBeBetween(column="train_similarity", max_value=cfg.near_duplicate_ratio,
                                               strict_max=True),
               f"no test question near-duplicates a train question (similarity < {cfg.near_duplicate_ratio})",
               lambda r: f"test question {_short(r['question'], 60)} ~ train qa_id={r['closest_train_qa_id']} "
-                        f"{_short(r['closest_train_question'], 60)} (similarity {r['train_similarity']:.2f})"),
+                        f"{_short(r['closest_train_question'], 60)} (similarity {r['train_similarity']:.2f})",
+              "validation.near_duplicate_ratio", waivable=False),
     ]
 
 
@@ -198,7 +230,8 @@ def _split_rules(gx: Any, cfg: ValidationConfig, counts: dict[str, int]) -> list
                           f"allowed [{low}, {high}]")
 
     return [_Rule(gx.expectations.ExpectColumnValuesToBeBetween(column=f"{s}_share", min_value=lo, max_value=hi),
-                  f"{s} share of QA pairs within [{lo}, {hi}]", explain(s, lo, hi))
+                  f"{s} share of QA pairs within [{lo}, {hi}]", explain(s, lo, hi), f"validation.split_bounds.{s}",
+                  waivable=False)
             for s, (lo, hi) in cfg.split_bounds.items()]
 
 
@@ -252,11 +285,12 @@ def _run_suite(context: Any, name: str, frame: pd.DataFrame, rules: list[_Rule],
     active = [r for r in rules
               if type(r.expectation).__name__ == "ExpectColumnToExist" or r.column is None or r.column in frame]
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite", expectations=[r.expectation for r in active]))
-    active = [_Rule(e, r.rule, r.explain) for e, r in zip(suite.expectations, active, strict=True)]  # with ids
+    active = [replace(r, expectation=e) for e, r in zip(suite.expectations, active, strict=True)]  # with ids
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}-validation",
                                                                             data=batch, suite=suite))
     index_columns = [c for c in (id_column, ROW) if c and c in frame]
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": cfg.max_examples,
+    # COMPLETE: every failing record's index, so that quarantine can drop exactly those rows.
+    result_format = {"result_format": "COMPLETE", "partial_unexpected_count": cfg.max_examples,
                      "unexpected_index_column_names": index_columns}
     result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
     by_id = {res.expectation_config.id: res for res in result.results}
@@ -273,18 +307,20 @@ def _run_suite(context: Any, name: str, frame: pd.DataFrame, rules: list[_Rule],
         if type(rule.expectation).__name__ == "ExpectColumnToExist":
             examples = [f"column '{rule.column}' missing; columns are {sorted(c for c in frame if c != ROW)}"]
         count = info.get("unexpected_count")
+        rows = [int(e[ROW]) for e in info.get("unexpected_index_list") or [] if isinstance(e, dict) and ROW in e]
         failures.append(ExpectationFailure(name, res.expectation_config.type, rule.column, rule.rule,
-                                           int(count) if count else 1, examples))
+                                           int(count) if count else 1, examples, rule.key, rule.waivable, rows))
     return _strict_json(result.to_json_dict()), failures, len(active)
 
 
-def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationConfig,
-                     source: str) -> ValidationReport:
-    """Run the documents, QA and splits suites; never raises on bad data (see `ensure_valid`)."""
+def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationConfig, source: str,
+                     answer_type: str = "span", labels: list[str] | None = None) -> ValidationReport:
+    """Run the documents, QA and splits suites for data of `answer_type`; never raises on bad data
+    (see `ensure_valid`)."""
     gx = _gx()
     context = _context(gx)
     docs = documents_with_columns(documents)
-    qa_frame = qa_with_columns(docs, qa)
+    qa_frame = qa_with_columns(docs, qa, labels)
     doc_ids = sorted({d for d in docs["doc_id"] if isinstance(d, str)}) if "doc_id" in docs else []
     train_questions: list[str] = []
     if {"question", "split"} <= set(qa_frame.columns):
@@ -301,14 +337,19 @@ def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationC
     evaluated = 0
     for name, frame, rules, id_column in (
         ("documents", docs, _doc_rules(gx, docs, cfg), "doc_id"),
-        ("qa", qa_frame, _qa_rules(gx, qa_frame, cfg, doc_ids, train_questions), "qa_id"),
+        ("qa", qa_frame, _qa_rules(gx, qa_frame, cfg, doc_ids, train_questions)
+         + _answer_rules(gx, answer_type, labels), "qa_id"),
         ("splits", splits, _split_rules(gx, cfg, counts), None),
     ):
         results[name], found, n = _run_suite(context, name, frame, rules, id_column, cfg)
         failures += found
         evaluated += n
-    statistics = {"documents": len(documents), "qa": total, "qa_per_split": counts,
+    statistics = {"documents": len(documents), "qa": total, "qa_per_split": counts, "answer_type": answer_type,
                   "expectations_evaluated": evaluated, "expectations_failed": len(failures)}
+    if labels and "answer_label" in qa_frame:
+        statistics |= {f"{s}_per_label": {label: int(n) for label, n in
+                                          qa_frame.loc[qa_frame["split"] == s, "answer_label"].value_counts().items()}
+                       for s in SPLITS}
     return ValidationReport(source, not failures, failures, results, statistics)
 
 

@@ -52,8 +52,9 @@ def _near_duplicates(test_q: list[str], train_q: list[str]) -> tuple[np.ndarray,
     return best, where
 
 
-def qa_with_columns(documents: pd.DataFrame, qa: pd.DataFrame) -> pd.DataFrame:
-    """QA copy with helper columns for the length and cross-table rules."""
+def qa_with_columns(documents: pd.DataFrame, qa: pd.DataFrame, labels: list[str] | None = None) -> pd.DataFrame:
+    """QA copy with helper columns for the length and cross-table rules (and, given the label set of
+    label data, which label each row's answer is)."""
     frame = qa.reset_index(drop=True)
     frame[ROW] = range(len(frame))
     if "question" in frame:
@@ -74,6 +75,11 @@ def qa_with_columns(documents: pd.DataFrame, qa: pd.DataFrame) -> pd.DataFrame:
 
             frame["answer_in_gold_doc"] = pd.Series(
                 [occurs(a, d) for a, d in zip(answers, frame["doc_id"], strict=True)], dtype=object)
+        if labels:
+            by_norm = {normalize_answer(label): label for label in labels}
+            frame["answer_label"] = pd.Series([by_norm.get(normalize_answer(a[0])) if a else None for a in answers],
+                                              dtype=object)
+            frame["answer_in_label_set"] = frame["answer_label"].notna()
     if {"question", "split"} <= set(frame.columns):
         _add_leakage_columns(frame)
     return frame

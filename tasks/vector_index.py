@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from tasks.settings import FaissConfig
+from tasks.index_settings import FaissConfig
 
 FLAT, HNSW, IVF = "flat", "hnsw", "ivf"
 

@@ -43,12 +43,13 @@ def test_unknown_candidate_lookup_names_the_known_ones():
 
 
 def test_the_declared_generator_answers(tiny_model_dir):
+    plain = load_config("configs/ci.yaml")
     endpoint = EndpointConfig(base_url="http://127.0.0.1:9/v1", model="m")
-    with_endpoint = GenerationConfig(endpoint=endpoint)
+    with_endpoint = plain.model_copy(update={"generation": GenerationConfig(endpoint=endpoint)})
     rag, base = candidates.get("rag"), candidates.get("base")
-    assert isinstance(answerer_for(base, with_endpoint, tiny_model_dir, None, None, 2), Answerer)
+    assert isinstance(answerer_for(base, with_endpoint, tiny_model_dir, None, None), Answerer)
     retriever = object()  # never queried here
-    assert isinstance(answerer_for(rag, with_endpoint, tiny_model_dir, None, retriever, 2), EndpointAnswerer)
-    assert isinstance(answerer_for(rag, GenerationConfig(), tiny_model_dir, None, retriever, 2), Answerer)
+    assert isinstance(answerer_for(rag, with_endpoint, tiny_model_dir, None, retriever), EndpointAnswerer)
+    assert isinstance(answerer_for(rag, plain, tiny_model_dir, None, retriever), Answerer)
     with pytest.raises(ValueError, match="rag needs a retriever"):
-        answerer_for(rag, GenerationConfig(), tiny_model_dir, None, None, 2)
+        answerer_for(rag, plain, tiny_model_dir, None, None)

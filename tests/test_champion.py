@@ -38,6 +38,17 @@ def test_constraints_exclude_best_raw_score():
     assert any("rag is not eligible" in r and "latency_p95_ms" in r for r in d.reasons)
 
 
+def test_a_disturbed_latency_measurement_is_reported_not_enforced():
+    disturbed = {**CANDIDATES, "rag": {**CANDIDATES["rag"], "latency_disturbed": 1.0, "latency_other_cores": 1.7}}
+    d = decide(disturbed, POLICY, None)
+    assert d.challenger == "rag" and d.violations["rag"] == []
+    assert d.not_enforced == {"rag": ["latency_p95_ms=2000 > 1500.0 (other processes used 1.7 cores)"]}
+    assert any("rag: latency measured while the machine was busy, so not enforced" in r for r in d.reasons)
+    assert "not enforced (disturbed measurement): latency_p95_ms=2000" in d.to_markdown(POLICY)
+    quality = {**disturbed, "rag": {**disturbed["rag"], "hallucination_rate": 0.5}}  # quality bounds still hold
+    assert decide(quality, POLICY, None).challenger == "hybrid"
+
+
 def test_champion_kept_within_margin():
     champion = {"f1": 0.64, "exact_match": 0.0}  # objective 0.64 vs challenger 0.65: gain 0.01 < 0.02
     d = decide(CANDIDATES, POLICY, champion)

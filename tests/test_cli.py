@@ -51,3 +51,41 @@ def test_index_status_and_search(tmp_path):
     search = runner.invoke(app, ["index", "search", "When does the office open?", "-k", "1",
                                  "--config", "configs/ci.yaml", "--set", root])
     assert search.exit_code == 0 and "b#0" in search.output and "a#0" not in search.output
+
+
+def test_a_data_error_is_printed_once_with_its_rule_ids_and_no_traceback(tmp_path):
+    import json
+    import shutil
+
+    from tests.conftest import ROOT, write_jsonl
+
+    data = tmp_path / "broken"
+    shutil.copytree(ROOT / "data" / "demo", data)
+    qa = [json.loads(line) for line in (data / "qa.jsonl").read_text().splitlines()]
+    qa[0]["answer"] = ["[/red] is in no document"]  # console markup in the data must not be interpreted
+    write_jsonl(data / "qa.jsonl", qa)
+    result = runner.invoke(app, ["validate", "--config", "configs/ci.yaml", "--data", str(data),
+                                 "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                 "--set", f"mlflow.artifact_location={tmp_path}/artifacts"])
+    assert result.exit_code == 2
+    assert result.output.count("[qa.answer_in_gold_doc] the gold answer occurs in its gold document") == 1
+    assert "'[/red] is in no document' not in doc bw-001" in result.output
+    assert "relax with data.answer_type" in result.output and "validation.on_failure=quarantine" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prefect_records_of_a_user_error_keep_one_line_and_no_traceback():
+    import logging
+    import sys
+
+    from flows.cli import _OneLineForUserErrors
+    from tasks.validation import DataValidationError, ValidationReport
+
+    try:
+        raise DataValidationError(ValidationReport("data/x", False))
+    except DataValidationError:
+        record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
+                                   "Task run failed with exception: %r", (sys.exc_info()[1],), sys.exc_info())
+    assert _OneLineForUserErrors(("DataValidationError",)).filter(record)
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert record.getMessage().startswith("Task run failed with exception: DataValidationError(")

