@@ -141,7 +141,8 @@ class AnswerSettings:
                  f"- verbatim in the gold document: {p.verbatim_share:.1%}",
                  f"- answer words, median: {p.median_words:g}",
                  "- answer characters: " + ", ".join(f"{k} {v:g}" for k, v in p.chars.items()),
-                 "- most frequent answers: " + ", ".join(f"{a!r} ({n})" for a, n in p.top_answers)]
+                 "- most frequent answers (normalised): " + ", ".join(
+                     f"{a if len(a) <= 40 else a[:37] + '...'!r} ({n})" for a, n in p.top_answers)]
         if self.labels:
             lines.append(f"- labels: {', '.join(self.labels)}")
         lines += ["", "Settings that follow from the type (unless the config sets them):"]

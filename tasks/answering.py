@@ -121,6 +121,9 @@ class FinishClock:
                 self._finish(row, now, steps, "length")
 
 
+CONTENT_FREE = ("N/A", "", "[MASK]")  # inputs that carry no content, for label calibration
+
+
 class Answerer:
     """Greedy, batched (left-padded) generation with the shared prompt format; the model is loaded once.
 
@@ -138,6 +141,7 @@ class Answerer:
         self.top_k = top_k
         self.answer_type = answer_type
         self.labels = labels if answer_type == "label" else None
+        self._prior: torch.Tensor | None = None
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
 
     def _generate(self, prompts: list[str]) -> tuple[list[str], list[int], FinishClock]:
@@ -186,10 +190,23 @@ class Answerer:
                 for q, hs, text, pt, n, done, reason in zip(chunk, hits, texts, prompt_tokens, clock.lengths,
                                                             clock.finished_at, clock.reasons, strict=True)]
 
+    def _label_prior(self) -> torch.Tensor:
+        """log p(label | content-free prompt), averaged over content-free inputs (Zhao et al. 2021,
+        "Calibrate before use"): subtracting it removes a small model's bias towards one label."""
+        if self._prior is None:
+            passages = (lambda text: [text] * self.top_k) if self.retriever else (lambda text: None)
+            prompts = [render_prompt(self.tokenizer, build_messages(text, passages(text), self.gen_cfg))
+                       for text in CONTENT_FREE]
+            scores, _ = label_scores(self.model, self.tokenizer, prompts, self.labels)
+            self._prior = scores.log_softmax(dim=1).exp().mean(dim=0).log()
+        return self._prior
+
     def _choose_labels(self, chunk: list[str], hits: list[list[Hit]], prompts: list[str], t0: float,
                        retrieval_s: float) -> list[Answer]:
         """The most likely label per question (tasks.label_scoring); all finish when the batch is scored."""
         scores, prompt_tokens = label_scores(self.model, self.tokenizer, prompts, self.labels)
+        if self.gen_cfg.label_calibration:
+            scores = scores - self._label_prior()
         done = time.perf_counter()
         best = scores.argmax(dim=1).tolist()
         return [Answer(q, self.labels[b], hs, latency_ms=(done - t0) * 1000, compute_seconds=(done - t0) / len(chunk),

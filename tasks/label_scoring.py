@@ -40,7 +40,7 @@ def label_scores(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pro
         scores = first[:, [c[0] for c in conts]]
         steps = max(len(c) for c in conts) - 1
         if steps > 0:
-            cache = out.past_key_values
+            cache = out.cache
             cache.reorder_cache(torch.arange(n_prompts, device=model.device).repeat_interleave(n_labels))
             rest = torch.full((n_prompts * n_labels, steps), tokenizer.pad_token_id, dtype=torch.long)
             rest_mask = torch.zeros((n_prompts * n_labels, steps), dtype=torch.long)
@@ -51,7 +51,7 @@ def label_scores(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pro
             rest, rest_mask = rest.to(model.device), rest_mask.to(model.device)
             step_positions = positions[:, -1:].repeat_interleave(n_labels, 0) + 1 + torch.arange(
                 steps, device=model.device)
-            later = model(input_ids=rest, past_key_values=cache, position_ids=step_positions,
+            later = model(input_ids=rest, cache=cache, position_ids=step_positions,
                           attention_mask=torch.cat([mask.repeat_interleave(n_labels, 0), rest_mask], dim=1),
                           use_cache=False).logits.float().log_softmax(-1)
             for row in range(n_prompts * n_labels):

@@ -212,6 +212,9 @@ class GenerationConfig(Strict):
     max_new_tokens: int = Field(24, ge=1, description="Unless set: 24 for span answers, sized from the training "
                                 "answers for free_form (`free_form_sizing`); label answers are scored, not generated.")
     free_form_sizing: FreeFormSizing = FreeFormSizing()
+    label_calibration: bool = Field(
+        True, description="Label answers: divide each label's probability by its probability after content-free "
+        "inputs, so a small model's preference for one label does not decide every answer.")
     batch_size: int = Field(8, ge=1)
     stop: list[str] = Field(
         default_factory=list, description="Stop strings: generation of an answer ends at the first one, "

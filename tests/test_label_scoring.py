@@ -37,3 +37,20 @@ def test_answerer_answers_label_questions_with_a_label(tiny_model_dir):
     answers = answerer.answer(["Is the office open at 8 am?", "Does it weigh 212 kg?", "Is it yellow?"])
     assert [a.text in LABELS for a in answers] == [True, True, True]
     assert all(a.finish_reason == "label" and a.new_tokens == 0 and a.latency_ms > 0 for a in answers)
+
+
+def test_calibration_divides_out_the_labels_probability_after_content_free_inputs(tiny_model_dir):
+    from tasks.answering import CONTENT_FREE
+    from tasks.prompts import build_messages, render_prompt
+
+    questions = ["Is the office open at 8 am?", "Does it weigh 212 kg?", "Is it yellow?", "Is it closed?"]
+    raw = Answerer(tiny_model_dir, GenerationConfig(batch_size=4, label_calibration=False), answer_type="label",
+                   labels=LABELS)
+    calibrated = Answerer(tiny_model_dir, GenerationConfig(batch_size=4), answer_type="label", labels=LABELS)
+    gen = GenerationConfig()
+    prompts = [render_prompt(raw.tokenizer, build_messages(q, None, gen)) for q in questions]
+    scores, _ = label_scores(raw.model, raw.tokenizer, prompts, LABELS)
+    free = [render_prompt(raw.tokenizer, build_messages(text, None, gen)) for text in CONTENT_FREE]
+    prior = label_scores(raw.model, raw.tokenizer, free, LABELS)[0].softmax(dim=1).mean(dim=0).log()
+    assert [a.text for a in raw.answer(questions)] == [LABELS[i] for i in scores.argmax(dim=1).tolist()]
+    assert [a.text for a in calibrated.answer(questions)] == [LABELS[i] for i in (scores - prior).argmax(1).tolist()]
