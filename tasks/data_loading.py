@@ -220,6 +220,12 @@ def fingerprint_tables(docs: pd.DataFrame, qa: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def fingerprint_qa(*parts: pd.DataFrame) -> str:
+    """Content hash of QA rows alone (order-independent): what a stage that reads no document depends on."""
+    qa = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(QA_COLUMNS))
+    return fingerprint_tables(pd.DataFrame(columns=["doc_id"]), qa)
+
+
 def _detect_format(path: Path) -> str:
     if path.is_file():
         if path.suffix == ".json":

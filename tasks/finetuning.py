@@ -1,9 +1,11 @@
 """Finetune stage: train (or reuse, or resume) the LoRA adapter of one mode (tasks.candidates.ADAPTER_MODES).
 
 Examples and batching are in tasks.finetune_data, the loop and its checkpoints in tasks.training.
-An adapter is keyed by everything that shapes its weights (data, base model, index version for
-modes that read passages, the finetune config, the prompt settings, the seed, the runtime) and
-reused when that key was trained before.
+An adapter is keyed by everything that shapes its weights and nothing else: the train and
+validation QA rows, the base model, the index version for modes that read passages (it stands for
+the documents), the finetune config, the prompt settings, the seed and the runtime. It is reused
+when that key was trained before, so an edited document retrains only the RAFT adapter, and a new
+test question retrains nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 
 from tasks.atomic import atomic_directory
 from tasks.candidates import ADAPTER_MODES, Mode
-from tasks.data_loading import Dataset
+from tasks.data_loading import Dataset, fingerprint_qa
 from tasks.finetune_data import build_examples, encode_example
 from tasks.indexing import IndexBuild
 from tasks.records import RunRecord
@@ -80,10 +82,10 @@ class TrainedAdapter:
         return self.result.adapter_dir
 
 
-def adapter_key(mode: Mode, base_model_dir: str, fingerprint: str, index_version: str | None,
+def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, index_version: str | None,
                 cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int, runtime: Runtime) -> str:
     """Names an adapter by everything that shapes its weights (not by where or how often it is saved)."""
-    payload = json.dumps({"mode": mode, "base": base_model_dir, "fp": fingerprint, "index": index_version,
+    payload = json.dumps({"mode": mode, "base": base_model_dir, "fp": qa_fingerprint, "index": index_version,
                           "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS),
                           "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
                           "runtime": asdict(runtime)},
@@ -97,7 +99,7 @@ def _save_adapter(model: PeftModel, result: FinetuneResult, out_dir: Path) -> No
         (staging / "result.json").write_text(json.dumps(asdict(result), indent=2))
 
 
-def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: pd.DataFrame, fingerprint: str,
+def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: pd.DataFrame, qa_fingerprint: str,
              cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int,
              retriever: Retriever | None = None, progress: bool = True,
              on_step: Callable[[TrainState], None] | None = None) -> FinetuneResult:
@@ -108,7 +110,7 @@ def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: p
     runtime = select_runtime(cfg)
     with_passages = ADAPTER_MODES[mode].with_passages
     index_version = retriever.version if (with_passages and retriever) else None
-    key = adapter_key(mode, base_model_dir, fingerprint, index_version, cfg, gen_cfg, seed, runtime)
+    key = adapter_key(mode, base_model_dir, qa_fingerprint, index_version, cfg, gen_cfg, seed, runtime)
     out_dir = Path(cfg.output_root) / key
     if (out_dir / "result.json").is_file():
         result = FinetuneResult(**json.loads((out_dir / "result.json").read_text()))
@@ -157,8 +159,11 @@ def train_adapter(mode: Mode, dataset: Dataset, cfg: PipelineConfig, base_model_
     if with_passages and index is None:
         raise ValueError(f"adapter mode {mode} trains on retrieved passages: build the index first")
     retriever = Retriever(index.path, cfg.index) if with_passages else None
-    return finetune(mode, base_model_dir, dataset.split("train"), dataset.split("validation"), dataset.fingerprint,
-                    cfg.finetune, cfg.generation, cfg.seed, retriever)
+    train, validation = dataset.split("train"), dataset.split("validation")
+    # Keyed by what it reads: the train/validation QA (and, through the index version, the documents
+    # for modes that read passages), so an edited document or a new test question retrains nothing else.
+    return finetune(mode, base_model_dir, train, validation, fingerprint_qa(train, validation), cfg.finetune,
+                    cfg.generation, cfg.seed, retriever)
 
 
 def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: str, base_model: str) -> RunRecord:

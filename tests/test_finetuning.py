@@ -209,3 +209,30 @@ def test_adapter_key_follows_prompts_not_decoding_settings(tiny_model_dir):
     assert finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), decoding, 13, CPU) == key
     prompt = GEN.model_copy(update={"system_prompt": "Answer in French."})
     assert finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), prompt, 13, CPU) != key
+
+
+def test_closed_book_adapter_is_keyed_by_its_train_and_validation_questions_only(tiny_model_dir, tmp_path):
+    from tasks.data_loading import Dataset, fingerprint_tables
+    from tasks.settings import load_config
+
+    docs = pd.DataFrame({"doc_id": ["d1", "d2"], "title": ["Buoy", "Office"],
+                         "text": ["The TideWatch T4 buoy weighs 212 kg.", "The Kellsport office opens at 8 am."]})
+    qa = pd.DataFrame({"qa_id": ["q1", "q2", "q3"], "answer": [["212 kg"], ["8 am"], ["8 am"]],
+                       "question": ["How heavy is the T4 buoy?", "When does the office open?", "Opening time?"],
+                       "doc_id": ["d1", "d2", "d2"], "split": ["train", "validation", "test"]})
+
+    def train(documents: pd.DataFrame, questions: pd.DataFrame) -> finetuning.FinetuneResult:
+        dataset = Dataset(documents, questions, fingerprint_tables(documents, questions), "toy")
+        cfg = load_config("configs/ci.yaml", [f"finetune.output_root={tmp_path}", "finetune.max_steps=1",
+                                              "finetune.batch_size=1"])
+        return finetuning.train_adapter("closed_book", dataset, cfg, tiny_model_dir, None)
+
+    first = train(docs, qa)
+    edited_doc = docs.assign(text=["The TideWatch T4 buoy weighs 215 kg.", docs.at[1, "text"]])
+    new_test_question = pd.concat([qa, pd.DataFrame([{"qa_id": "q4", "question": "Is it heavy?",
+                                                      "answer": ["yes"], "doc_id": "d1", "split": "test"}])])
+    assert not first.reused
+    assert train(edited_doc, new_test_question).reused  # it reads neither documents nor test questions
+    edited_train = qa.assign(answer=[["215 kg"], ["8 am"], ["8 am"]])
+    retrained = train(docs, edited_train)
+    assert not retrained.reused and retrained.adapter_dir != first.adapter_dir
