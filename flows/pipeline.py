@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 
 from flows import stages
 from flows.context import RunContext
-from tasks import candidates
+from tasks import candidates, promotion
 from tasks.candidates import Mode
 from tasks.champion import Decision
 from tasks.finetuning import TrainedAdapter
@@ -81,8 +81,7 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
         result.comparison = table.to_dict(orient="records")
         if until == "promote":
             result.decision = stages.promote(ctx, outcomes)
-            mlflow.set_tags({"champion_decision": "promoted" if result.decision.promote else "kept",
-                             "challenger": result.decision.challenger or "none"})
+            log_record(promotion.pipeline_decision_record(result.decision, cfg))
         get_run_logger().info("comparison:\n%s", table.to_markdown(index=False, floatfmt=".3f"))
     return result
 

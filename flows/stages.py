@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.context import RunContext
@@ -33,7 +34,7 @@ from tasks.indexing import IndexBuild
 from tasks.models import token_counter
 from tasks.quarantine import Validated
 from tasks.settings import PipelineConfig
-from tasks.tracking import log_record
+from tasks.tracking import log_record, run_link
 
 
 def _retry_unless_bad_data(task, task_run, state) -> bool:
@@ -117,17 +118,25 @@ def evaluate_candidate(ctx: RunContext, name: str, adapter: TrainedAdapter | Non
 
 
 def record_comparison(ctx: RunContext, outcomes: list[CandidateOutcome]) -> pd.DataFrame:
-    """The comparison table, chart and latency plot on the pipeline's (active) parent run."""
+    """The comparison table, chart and latency plot on the pipeline's (active) parent run, and the table as
+    an artifact of the Prefect flow run with the MLflow run's link."""
     table, record = evaluation.comparison_record([o.report for o in outcomes], ctx.cfg.data.answer_type)
     log_record(record)
+    create_markdown_artifact(key="comparison", description="Candidates on the test split",
+                             markdown=f"{record.texts['comparison.md']}\n\nMLflow run `{ctx.parent_run_id}`: "
+                                      f"{run_link(ctx.parent_run_id)}\n")
     return table
 
 
 @task(name="promote", task_run_name="promote", cache_policy=NO_CACHE)
 def promote(ctx: RunContext, outcomes: list[CandidateOutcome]) -> Decision:
-    with ctx.child_run("promote"):
+    with ctx.child_run("promote") as run:
         result = promotion.promote(outcomes, ctx.dataset, ctx.cfg)
-        log_record(promotion.promotion_record(result, ctx.cfg))
+        record = promotion.promotion_record(result, ctx.cfg)
+        log_record(record)
+    create_markdown_artifact(key="champion-decision", description="Champion decision",
+                             markdown=f"{record.texts['decision.md']}\nMLflow run `{run.info.run_id}`: "
+                                      f"{run_link(run.info.run_id)}\n")
     logger = get_run_logger()
     for reason in result.decision.reasons:
         logger.info("champion policy: %s", reason)

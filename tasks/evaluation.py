@@ -239,12 +239,15 @@ def candidate_summary(report: CandidateReport, answer_type: str = "span") -> str
 
 
 def comparison_record(reports: list[CandidateReport], answer_type: str = "span") -> tuple[pd.DataFrame, RunRecord]:
-    """The comparison table, its chart with intervals and the latency distributions, for the parent run."""
+    """The comparison table, its chart with intervals and the latency distributions, for the parent run, whose
+    metrics carry each candidate's headline scores (`hybrid.f1`, ...) so the runs table shows them."""
     from tasks.report import comparison_figure, latency_figure
 
     table = comparison_table(reports, answer_type)
     chart = (*DEFAULTS[answer_type].headline, "semantic_similarity", "groundedness")
+    shown = (*DEFAULTS[answer_type].headline, "latency_p95_ms", "cost_per_1k_queries")
     return table, RunRecord(
+        metrics={f"{r.name}.{m}": r.metrics[m] for r in reports for m in shown if m in r.metrics},
         texts={"comparison.md": table.to_markdown(index=False, floatfmt=".3f")},
         tables={"comparison.csv": table},
         figures={"plots/comparison.png": lambda: comparison_figure(reports, chart),

@@ -9,7 +9,9 @@ only when the policy's decision says so. Version tags carry the lineage.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -78,32 +80,55 @@ def champion_run_per_question(champion: ModelVersion) -> pd.DataFrame | None:
     return pd.read_csv(path)
 
 
-def log_and_register(bundle: CandidateBundle, cfg: PipelineConfig, promote: bool) -> ModelVersion:
-    """Log the bundle as a pyfunc in the active run, register it, set `challenger` (and `champion`)."""
+def bundle_key(bundle: CandidateBundle, serving_yaml: str) -> str:
+    """Names what a registered version serves: the candidate, its adapter and index (content-keyed), the data,
+    the evaluation set and the resolved config; not the runs that produced them."""
+    what = {k: v for k, v in bundle.lineage.items() if k not in ("candidate_run_id", "adapter_run")}
+    payload = json.dumps({"name": bundle.name, "adapter": Path(bundle.adapter_dir).name if bundle.adapter_dir else None,
+                          "lineage": what, "config": serving_yaml}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _registered(name: str, key: str) -> ModelVersion | None:
+    found = MlflowClient().search_model_versions(f"name = '{name}' and tags.bundle_key = '{key}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def log_and_register(bundle: CandidateBundle, cfg: PipelineConfig, promote: bool) -> tuple[ModelVersion, bool]:
+    """Register the bundle as a pyfunc logged in the active run, unless a version serving exactly the same
+    thing exists (then that one is reused: a run with nothing changed registers nothing, and the stage is
+    safe to repeat); set `challenger` (and `champion`). Returns the version and whether it is new."""
     serving_cfg = cfg.model_copy(update={"model_cache": Path(cfg.model_cache).resolve()})
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path, candidate_path = Path(tmp) / "config.yaml", Path(tmp) / "candidate.json"
-        config_path.write_text(config_to_yaml(serving_cfg))
-        candidate_path.write_text(json.dumps({"name": bundle.name, **bundle.lineage}, indent=2))
-        artifacts = {CONFIG_ARTIFACT: str(config_path), CANDIDATE_ARTIFACT: str(candidate_path)}
-        if bundle.adapter_dir:
-            artifacts[ADAPTER_ARTIFACT] = bundle.adapter_dir
-        if bundle.index_dir:
-            artifacts[INDEX_ARTIFACT] = bundle.index_dir
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=RagtuneModel(), artifacts=artifacts,
-            code_paths=[str(Path(tasks.__file__).parent)], pip_requirements=_requirements(),
-            signature=SIGNATURE,
-            registered_model_name=cfg.champion.model_name,
-        )
+    serving_yaml = config_to_yaml(serving_cfg)
+    key = bundle_key(bundle, serving_yaml)
     client = MlflowClient()
-    mv = client.get_model_version(cfg.champion.model_name, str(info.registered_model_version))
-    for key, value in {"candidate": bundle.name, **bundle.lineage}.items():
-        client.set_model_version_tag(mv.name, mv.version, key, value)
+    mv = _registered(cfg.champion.model_name, key)
+    if mv is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            config_path, candidate_path = Path(tmp) / "config.yaml", Path(tmp) / "candidate.json"
+            config_path.write_text(serving_yaml)
+            candidate_path.write_text(json.dumps({"name": bundle.name, **bundle.lineage}, indent=2))
+            artifacts = {CONFIG_ARTIFACT: str(config_path), CANDIDATE_ARTIFACT: str(candidate_path)}
+            if bundle.adapter_dir:
+                artifacts[ADAPTER_ARTIFACT] = bundle.adapter_dir
+            if bundle.index_dir:
+                artifacts[INDEX_ARTIFACT] = bundle.index_dir
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=RagtuneModel(), artifacts=artifacts,
+                code_paths=[str(Path(tasks.__file__).parent)], pip_requirements=_requirements(),
+                signature=SIGNATURE,
+                registered_model_name=cfg.champion.model_name,
+            )
+        mv = client.get_model_version(cfg.champion.model_name, str(info.registered_model_version))
+        for tag, value in {"candidate": bundle.name, **bundle.lineage, "bundle_key": key}.items():
+            client.set_model_version_tag(mv.name, mv.version, tag, value)
+        new = True
+    else:
+        new = False
     client.set_registered_model_alias(mv.name, CHALLENGER, mv.version)
     if promote:
         client.set_registered_model_alias(mv.name, CHAMPION, mv.version)
-    return client.get_model_version(mv.name, mv.version)
+    return client.get_model_version(mv.name, mv.version), new
 
 
 def champion_baseline(cfg: PipelineConfig, challenger: CandidateOutcome,
@@ -128,6 +153,7 @@ class Promotion:
     decision: Decision
     champion_scored_on: str  # how the current champion's scores were obtained
     version: ModelVersion | None  # the registered challenger, if there is one
+    registered_new: bool = False  # False: an identical version existed and was reused
 
 
 def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineConfig) -> Promotion:
@@ -142,10 +168,10 @@ def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineCon
     decision = decide(metrics, cfg.champion, champion_metrics,
                       per_question={n: o.report.per_question for n, o in by_name.items()},
                       champion_per_question=champion_per_question, seed=cfg.seed)
-    version = None
-    if decision.challenger is not None:
-        version = log_and_register(by_name[decision.challenger].bundle, cfg, decision.promote)
-    return Promotion(decision, scored_on, version)
+    if decision.challenger is None:
+        return Promotion(decision, scored_on, None)
+    version, new = log_and_register(by_name[decision.challenger].bundle, cfg, decision.promote)
+    return Promotion(decision, scored_on, version, new)
 
 
 def promotion_record(promotion: Promotion, cfg: PipelineConfig) -> RunRecord:
@@ -155,5 +181,19 @@ def promotion_record(promotion: Promotion, cfg: PipelineConfig) -> RunRecord:
                        texts={"decision.md": decision.to_markdown(cfg.champion)},
                        dicts={"decision.json": asdict(decision)})
     if promotion.version is not None:
-        record.tags |= {"challenger": decision.challenger, "model_version": promotion.version.version}
+        record.tags |= {"challenger": decision.challenger, "model_version": promotion.version.version,
+                        "registration": "new version" if promotion.registered_new else "reused an identical version"}
+    return record
+
+
+def pipeline_decision_record(decision: Decision, cfg: PipelineConfig) -> RunRecord:
+    """The decision on the pipeline's parent run: tags to filter by, the champion's objective, and the
+    decision (outcome, reasons, significance) as the run's description in the MLflow UI."""
+    record = RunRecord(tags={"champion_decision": "promoted" if decision.promote else "kept",
+                             "challenger": decision.challenger or "none",
+                             "mlflow.note.content": decision.to_markdown(cfg.champion)})
+    if decision.challenger_score is not None:
+        record.metrics["challenger_objective"] = decision.challenger_score
+    if decision.champion_score is not None and not math.isnan(decision.champion_score):
+        record.metrics["champion_objective"] = decision.champion_score
     return record

@@ -33,6 +33,15 @@ def setup_tracking(cfg: MlflowConfig) -> str:
     return uri
 
 
+def run_link(run_id: str) -> str:
+    """Where a person opens an MLflow run: the tracking server's UI, or `ragtune ui` for a local store."""
+    run = mlflow.get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    link = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return link if uri.startswith(("http://", "https://")) else f"{link} (after `ragtune ui`)"
+
+
 def pipeline_record(cfg: PipelineConfig, config: str) -> RunRecord:
     """The parent run's settings: what a reader filters runs by, and the whole resolved config."""
     return RunRecord(params={"config": config, "data_path": str(cfg.data.path), "base_model": cfg.base_model.describe(),

@@ -117,6 +117,25 @@ def test_prefect_task_runs_are_named_by_what_they_do(first_run):
             "evaluate[finetuned]", "evaluate[rag]", "evaluate[hybrid]", "promote"} <= names
 
 
+def test_both_uis_tell_the_story(first_run, workdir):
+    """The MLflow parent run carries every candidate's headline metrics and the decision as its description;
+    the Prefect flow run carries the comparison and the decision as artifacts that link to MLflow."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    parent = client_for(workdir).get_run(first_run.run_id)
+    for candidate in ("base", "finetuned", "rag", "hybrid"):
+        assert {f"{candidate}.exact_match", f"{candidate}.f1", f"{candidate}.latency_p95_ms"} <= set(
+            parent.data.metrics)
+    assert parent.data.tags["mlflow.note.content"].startswith("# Champion decision")
+    assert parent.data.metrics["challenger_objective"] == pytest.approx(first_run.decision.challenger_score)
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["comparison", "champion-decision"])))}
+    assert first_run.run_id in artifacts["comparison"].data and "| hybrid" in artifacts["comparison"].data
+    assert "# Champion decision" in artifacts["champion-decision"].data
+
+
 def test_registered_champion_answers_a_question(first_run, workdir):
     import mlflow
 
@@ -181,12 +200,16 @@ def test_second_run_within_margin_keeps_champion(first_run, workdir):
 
     client = client_for(workdir)
     before = client.get_model_version_by_alias("ragtune-ci", "champion").version
+    versions = len(client.search_model_versions("name = 'ragtune-ci'"))
     second = retrain_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides(workdir))
     assert not second.decision.promote
     assert any("champion stays" in r for r in second.decision.reasons)
     assert client.get_model_version_by_alias("ragtune-ci", "champion").version == before
-    assert client.get_model_version_by_alias("ragtune-ci", "challenger").version != before
+    # Nothing changed, so the challenger is the very system already registered: no new version.
+    assert client.get_model_version_by_alias("ragtune-ci", "challenger").version == before
+    assert len(client.search_model_versions("name = 'ragtune-ci'")) == versions
     promote_run = next(r for r in _runs(client, "ragtune-ci", second.run_id) if r.info.run_name == "promote")
+    assert promote_run.data.tags["registration"] == "reused an identical version"
     decision_md = Path(client.download_artifacts(promote_run.info.run_id, "decision.md", str(workdir))).read_text()
     assert "keep the current champion" in decision_md
     # The champion's stored per-question scores feed the paired test: same adapter, same questions, no gain.
