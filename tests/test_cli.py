@@ -55,7 +55,11 @@ def test_index_status_and_search(tmp_path):
 
 def test_a_data_error_is_printed_once_with_its_rule_ids_and_no_traceback(tmp_path):
     import json
+    import os
     import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
 
     from tests.conftest import ROOT, write_jsonl
 
@@ -64,14 +68,18 @@ def test_a_data_error_is_printed_once_with_its_rule_ids_and_no_traceback(tmp_pat
     qa = [json.loads(line) for line in (data / "qa.jsonl").read_text().splitlines()]
     qa[0]["answer"] = ["[/red] is in no document"]  # console markup in the data must not be interpreted
     write_jsonl(data / "qa.jsonl", qa)
-    result = runner.invoke(app, ["validate", "--config", "configs/ci.yaml", "--data", str(data),
-                                 "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                                 "--set", f"mlflow.artifact_location={tmp_path}/artifacts"])
-    assert result.exit_code == 2
-    assert result.output.count("[qa.answer_in_gold_doc] the gold answer occurs in its gold document") == 1
-    assert "'[/red] is in no document' not in doc bw-001" in result.output
-    assert "relax with data.answer_type" in result.output and "validation.on_failure=quarantine" in result.output
-    assert "Traceback" not in result.output
+    # A real process, as a user runs it (its own temporary Prefect server, its own streams).
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ragtune"), "validate", "--config", "configs/ci.yaml", "--data", str(data),
+         "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+         "--set", f"mlflow.artifact_location={tmp_path}/artifacts"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert output.count("[qa.answer_in_gold_doc] the gold answer occurs in its gold document") == 1
+    assert "'[/red] is in no document' not in doc bw-001" in output
+    assert "relax with data.answer_type" in output and "validation.on_failure=quarantine" in output
+    assert "Traceback" not in output
 
 
 def test_prefect_records_of_a_user_error_keep_one_line_and_no_traceback():
