@@ -57,8 +57,10 @@ class _OneLineForUserErrors(logging.Filter):
 
 def _quiet_user_errors() -> None:
     names = tuple(e.__name__ for e in _user_errors())
-    for logger in ("prefect.task_runs", "prefect.flow_runs"):
-        logging.getLogger(logger).addFilter(_OneLineForUserErrors(names))
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineForUserErrors) for f in logger.filters):
+            logger.addFilter(_OneLineForUserErrors(names))
 
 
 def _run(fn, *args, **kwargs):
@@ -97,7 +99,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt =
 @app.command()
 def inspect(data: Annotated[str, typer.Option("--data", "-d", help="Data path (dir, SQuAD .json or HF dir).")],
             out: Annotated[str | None, typer.Option("--out", "-o", help="Starter config to write "
-                                                    "(default: configs/<data name>.yaml).")] = None,
+                                                    "(default: configs/ragtune-<data name>.yaml).")] = None,
             config: Annotated[str, typer.Option("--config", "-c", help="Template the starter config starts from.")]
             = DEFAULT_CONFIG) -> None:
     """Profile a new dataset (answer type and why, lengths, splits, rows validation would reject) and write

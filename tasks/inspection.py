@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from tasks.answer_types import AnswerSettings, resolve
 from tasks.data_loading import Dataset, load_dataset
+from tasks.quarantine import quarantine_table, quarantined_qa_rows
 from tasks.schema import SPLITS
 from tasks.settings import ConfigError, DataConfig, PipelineConfig, ValidationConfig, config_from_dict
 from tasks.validation import ValidationReport, validate_dataset
@@ -133,9 +134,7 @@ def _starter_validation(raw: dict[str, Any], dataset: Dataset, settings: AnswerS
                               settings.labels)
     if report.success or not all(f.waivable for f in report.failures):
         return report
-    rows = {r for f in report.failures if f.table == "qa" for r in f.rows}
-    docs = {dataset.documents.iloc[r]["doc_id"] for f in report.failures if f.table == "documents" for r in f.rows}
-    rows |= set(np.flatnonzero(dataset.qa["doc_id"].isin(docs).to_numpy()).tolist())
+    rows = quarantined_qa_rows(quarantine_table(dataset, report))
     share = math.ceil((len(rows) / len(dataset.qa) + QUARANTINE_SLACK) * 100) / 100
     raw["validation"] |= {"on_failure": "quarantine",
                           "max_quarantined_share": max(share, ValidationConfig().max_quarantined_share)}

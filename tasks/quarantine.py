@@ -42,7 +42,7 @@ class Validated:
     before: ValidationReport | None = None  # the raw data's report, when rows were quarantined
 
 
-def _quarantine_table(dataset: Dataset, report: ValidationReport) -> pd.DataFrame:
+def quarantine_table(dataset: Dataset, report: ValidationReport) -> pd.DataFrame:
     """One row per (dropped record, broken rule); QA rows of dropped documents go with them."""
     rows = []
     for failure in report.failures:
@@ -58,6 +58,11 @@ def _quarantine_table(dataset: Dataset, report: ValidationReport) -> pd.DataFram
     return table
 
 
+def quarantined_qa_rows(table: pd.DataFrame) -> set[int]:
+    """Positions of the QA rows a quarantine table drops (a row may break several rules)."""
+    return set(table.loc[table["table"] == "qa", "row"])
+
+
 def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:
     """Validate; with `on_failure: quarantine`, drop the failing rows and validate what remains.
 
@@ -71,8 +76,8 @@ def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:
     report = check(dataset)
     if report.success or cfg.validation.on_failure == "stop" or not all(f.waivable for f in report.failures):
         return Validated(report, dataset)
-    table = _quarantine_table(dataset, report)
-    qa_rows = set(table.loc[table["table"] == "qa", "row"])
+    table = quarantine_table(dataset, report)
+    qa_rows = quarantined_qa_rows(table)
     if len(qa_rows) > cfg.validation.max_quarantined_share * len(dataset.qa):
         raise QuarantineLimitError(report, len(qa_rows), len(dataset.qa), cfg.validation.max_quarantined_share)
     doc_rows = set(table.loc[table["table"] == "documents", "row"])
