@@ -93,6 +93,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt =
     print_comparison(pd.DataFrame(result.comparison), console, DEFAULTS[result.answer_type].headline)
     for reason in result.decision.reasons:
         console.print(f"• {reason}")
+    console.print(escape(result.what_changed))
     console.print(f"MLflow parent run: {result.run_id}  (data fingerprint {result.fingerprint})")
 
 
@@ -236,13 +237,58 @@ def ask(question: str, config: ConfigOpt = DEFAULT_CONFIG,
     console.print(f"sources: {', '.join(json.loads(row['sources'])) or '(closed book)'}  ({row['latency_ms']:.0f} ms)")
 
 
+def _need_prefect_server() -> None:
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[bold red]error:[/] PREFECT_API_URL is not set: start `ragtune server`, then "
+                      "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.")
+        raise typer.Exit(2)
+
+
+@app.command()
+def server(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
+    """Start a Prefect server on 127.0.0.1 with telemetry and promotional content off (UI at /)."""
+    from flows.deployments import prefect_env, server_command
+
+    console.print(f"Prefect UI at http://127.0.0.1:{port}; in other terminals: "
+                  f"export PREFECT_API_URL=http://127.0.0.1:{port}/api")
+    command = server_command(port)
+    os.execve(command[0], command, prefect_env())  # the server is this process: a signal to it stops the server
+
+
+@app.command()
+def deploy(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
+                                                      "(default: each one's config in prefect.yaml).")] = None) -> None:
+    """Create prefect.yaml's deployments on the Prefect server for the process work pool (created if missing),
+    non-interactively, with this directory as their working directory; then run `ragtune worker`."""
+    _need_prefect_server()
+    from flows.deployments import deploy as prefect_deploy
+    from tasks.settings import load_config
+
+    if config is not None:
+        _run(load_config, config)
+    try:
+        prefect_deploy(config)
+    except subprocess.CalledProcessError as err:
+        console.print(f"[bold red]error:[/] `{' '.join(err.cmd[2:])}` failed (exit {err.returncode}); see above")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def worker() -> None:
+    """Start a process worker for prefect.yaml's work pool: it runs the deployed flows, offline."""
+    _need_prefect_server()
+    from flows.deployments import prefect_env, work_pool, worker_command
+
+    command = worker_command(work_pool())
+    os.execve(command[0], command, prefect_env())
+
+
 @app.command()
 def serve(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
                                                      "(default: each one's config in prefect.yaml).")] = None) -> None:
-    """Serve the deployments of prefect.yaml with their schedules (needs `prefect server start`)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        console.print("[yellow]PREFECT_API_URL is not set: schedules fire only with a running Prefect server "
-                      "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api).[/]")
+    """Serve prefect.yaml's deployments in-process with their schedules, as `<name>-served` (needs a Prefect
+    server; no work pool or worker)."""
+    _need_prefect_server()
     from prefect import serve as prefect_serve
 
     from flows.deployments import runner_deployments
@@ -254,14 +300,33 @@ def serve(config: Annotated[str | None, typer.Option("--config", "-c", help="Con
 
 
 @app.command()
+def history(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
+            last: Annotated[int, typer.Option(help="Show the last N retrainings.")] = 20) -> None:
+    """Which candidate was champion after each retraining, its objective with interval, and what changed."""
+    from flows.pipeline import prepare
+    from tasks.history import decision_history
+    from tasks.report import print_history
+
+    cfg = _run(prepare, config, set_ or [], None)
+    table = decision_history(cfg)
+    if table.empty:
+        console.print(f"no retraining in experiment {cfg.mlflow.experiment} reached a decision yet: `ragtune run`")
+        raise typer.Exit(1)
+    print_history(table.tail(last), console, " + ".join(f"{w}×{m}" for m, w in cfg.champion.objective.items()))
+
+
+@app.command()
 def ui(config: ConfigOpt = DEFAULT_CONFIG, port: int = 5000) -> None:
     """Open the MLflow UI on 127.0.0.1 for this project's store."""
     import mlflow
 
     from flows.pipeline import prepare
+    from tasks.tracking import ui_link
 
-    _run(prepare, config, [], None)
+    cfg = _run(prepare, config, [], None)
     uri = mlflow.get_tracking_uri()
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    console.print(f"MLflow UI: {ui_link(f'experiments/{experiment.experiment_id}', port)}")
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                     "--port", str(port)], check=False)
 

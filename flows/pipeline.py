@@ -16,13 +16,13 @@ from prefect import flow, get_run_logger
 
 from flows import stages
 from flows.context import RunContext
-from tasks import candidates, promotion
+from tasks import candidates, changes, history, promotion
 from tasks.candidates import Mode
 from tasks.champion import Decision
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
 from tasks.settings import PipelineConfig, load_config
-from tasks.tracking import log_data_version, log_record, pipeline_record, setup_tracking
+from tasks.tracking import FLOW_TAG, log_data_version, log_record, pipeline_record, setup_tracking
 from tasks.validation import ValidationReport
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -39,6 +39,8 @@ class PipelineResult:
     adapters: dict[Mode, TrainedAdapter] = field(default_factory=dict)
     comparison: list[dict] = field(default_factory=list)
     decision: Decision | None = None
+    stages: list[changes.StageWork] = field(default_factory=list)  # what each stage recomputed or reused
+    what_changed: str = ""  # the same in one line (tasks.changes)
 
 
 def prepare(config: str, overrides: list[str] | None, data: str | None) -> PipelineConfig:
@@ -53,7 +55,7 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
                  mode: Mode | None = None) -> PipelineResult:
     """Run the DAG up to and including `until` (`mode`: train only that adapter) under one MLflow parent run."""
     cfg = prepare(config, overrides, data)
-    with mlflow.start_run(run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+    with mlflow.start_run(run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={FLOW_TAG: name}) as parent:
         dataset = stages.load_data(cfg)
         cfg = stages.resolve_answer_type(cfg, dataset)
         log_record(pipeline_record(cfg, config))
@@ -79,14 +81,41 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
                     for c in plan.candidates]
         table = stages.record_comparison(ctx, outcomes)
         result.comparison = table.to_dict(orient="records")
+        registered = None
         if until == "promote":
-            result.decision = stages.promote(ctx, outcomes)
-            log_record(promotion.pipeline_decision_record(result.decision, cfg))
-        get_run_logger().info("comparison:\n%s", table.to_markdown(index=False, floatfmt=".3f"))
+            promoted = stages.promote(ctx, outcomes)
+            result.decision = promoted.decision
+            registered = promoted.version.version if promoted.version is not None and promoted.registered_new else None
+            log_record(promotion.pipeline_decision_record(promoted, cfg))
+        result.stages = changes.stage_work(validated.reused, result.index, result.adapters,
+                                           {o.report.name: o.reused_from is not None for o in outcomes})
+        result.what_changed = changes.describe(result.stages, registered)
+        log_record(changes.changes_record(result.stages, registered))
+        if until == "promote":
+            log_record(history.history_record(cfg))
+        logger = get_run_logger()
+        logger.info("comparison:\n%s", table.to_markdown(index=False, floatfmt=".3f"))
+        logger.info(result.what_changed)
     return result
 
 
+ARGS = """
+    Args:
+        config: YAML config (see configs/); relative paths are read from the project directory.
+        overrides: Config overrides, one `key.path=value` each, e.g. `finetune.epochs=2`.
+        data: Data path (directory, SQuAD .json or Hugging Face datasets dir), if not the config's `data.path`."""
+
+
+def _with_args(extra: str = ""):
+    """Append the shared parameter docs (Prefect shows them in the run form) to a flow's docstring."""
+    def wrap(fn):
+        fn.__doc__ = f"{fn.__doc__}\n{ARGS}{extra}\n"
+        return fn
+    return wrap
+
+
 @flow(name="retrain", log_prints=True)
+@_with_args()
 def retrain_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
                  data: str | None = None) -> PipelineResult:
     """Validate the data, rebuild the index, finetune, evaluate every candidate, select and register a champion."""
@@ -94,6 +123,7 @@ def retrain_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
 
 
 @flow(name="validate", log_prints=True)
+@_with_args()
 def validate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
                   data: str | None = None) -> PipelineResult:
     """Validate the data with the Great Expectations suites."""
@@ -101,6 +131,7 @@ def validate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
 
 
 @flow(name="index", log_prints=True)
+@_with_args()
 def index_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
                data: str | None = None) -> PipelineResult:
     """Validate, then build the index incrementally (or reuse it) and make it current."""
@@ -108,6 +139,7 @@ def index_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
 
 
 @flow(name="finetune", log_prints=True)
+@_with_args("\n        mode: Adapter to train: closed_book (question -> answer) or raft (with retrieved passages).")
 def finetune_flow(mode: Mode = "closed_book", config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
                   data: str | None = None) -> PipelineResult:
     """Validate, build the index if the mode trains on passages, then train (or reuse) one adapter."""
@@ -115,6 +147,7 @@ def finetune_flow(mode: Mode = "closed_book", config: str = DEFAULT_CONFIG, over
 
 
 @flow(name="evaluate", log_prints=True)
+@_with_args("\n        promote: Also apply the champion policy and register the challenger.")
 def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, data: str | None = None,
                   promote: bool = False) -> PipelineResult:
     """Evaluate the configured candidates (training adapters only if not cached); optionally promote."""

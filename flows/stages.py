@@ -26,7 +26,6 @@ from tasks import (
     validation,
 )
 from tasks.candidates import Mode
-from tasks.champion import Decision
 from tasks.data_loading import Dataset
 from tasks.evaluation import CandidateOutcome
 from tasks.finetuning import TrainedAdapter
@@ -72,10 +71,12 @@ def resolve_answer_type(cfg: PipelineConfig, dataset: Dataset) -> PipelineConfig
 def validate(ctx: RunContext) -> Validated:
     """Run the Great Expectations suites (quarantining failing rows if configured); log the result;
     raise DataValidationError when the run must stop."""
-    validated = quarantine.validate_and_quarantine(ctx.dataset, ctx.cfg)
+    validated = quarantine.validate_cached(ctx.dataset, ctx.cfg)
     with ctx.child_run("validate"):
         log_record(quarantine.validated_record(validated))
     logger = get_run_logger()
+    if validated.reused:
+        logger.info("validation reused: this data was validated with these rules before")
     if (summary := quarantine.quarantine_summary(validated)) is not None:
         logger.warning(summary)
     if not validated.report.success:
@@ -88,8 +89,8 @@ def validate(ctx: RunContext) -> Validated:
 @task(name="index", task_run_name="index", cache_policy=NO_CACHE)
 def build_index(ctx: RunContext) -> IndexBuild:
     data = ctx.dataset
-    report = indexing.refresh_index(data.documents, data.fingerprint, ctx.cfg.index, data.split("validation"),
-                                    data.split("test"))
+    report = indexing.refresh_index(data.documents, ctx.cfg.index, data.split("validation"), data.split("test"),
+                                    ctx.cfg.cache_root)
     with ctx.child_run("index"):
         log_record(indexing.index_record(report, ctx.cfg.index, data.fingerprint))
     get_run_logger().info(indexing.index_summary(report, ctx.cfg.index))
@@ -113,7 +114,7 @@ def evaluate_candidate(ctx: RunContext, name: str, adapter: TrainedAdapter | Non
         outcome = evaluation.run_candidate(candidates.get(name), ctx.dataset, ctx.cfg, ctx.base_model_dir, adapter,
                                            index, run.info.run_id)
         log_record(evaluation.candidate_record(outcome, ctx.cfg))
-    get_run_logger().info(evaluation.candidate_summary(outcome.report, ctx.cfg.data.answer_type))
+    get_run_logger().info(evaluation.candidate_summary(outcome, ctx.cfg.data.answer_type))
     return outcome
 
 
@@ -129,7 +130,7 @@ def record_comparison(ctx: RunContext, outcomes: list[CandidateOutcome]) -> pd.D
 
 
 @task(name="promote", task_run_name="promote", cache_policy=NO_CACHE)
-def promote(ctx: RunContext, outcomes: list[CandidateOutcome]) -> Decision:
+def promote(ctx: RunContext, outcomes: list[CandidateOutcome]) -> promotion.Promotion:
     with ctx.child_run("promote") as run:
         result = promotion.promote(outcomes, ctx.dataset, ctx.cfg)
         record = promotion.promotion_record(result, ctx.cfg)
@@ -140,4 +141,4 @@ def promote(ctx: RunContext, outcomes: list[CandidateOutcome]) -> Decision:
     logger = get_run_logger()
     for reason in result.decision.reasons:
         logger.info("champion policy: %s", reason)
-    return result.decision
+    return result

@@ -220,6 +220,11 @@ def fingerprint_tables(docs: pd.DataFrame, qa: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def fingerprint_documents(docs: pd.DataFrame) -> str:
+    """Content hash of the documents alone: what the index stands for."""
+    return fingerprint_tables(docs, pd.DataFrame(columns=["qa_id"]))
+
+
 def fingerprint_qa(*parts: pd.DataFrame) -> str:
     """Content hash of QA rows alone (order-independent): what a stage that reads no document depends on."""
     qa = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(QA_COLUMNS))

@@ -8,7 +8,7 @@ answerer (the registered champion's too, when it is re-scored on a new evaluatio
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 from tasks.answer_types import DEFAULTS
 from tasks.answering import Answer, AnswerSource, answerer_for
 from tasks.candidates import Candidate, CandidateBundle
-from tasks.data_loading import Dataset
+from tasks.data_loading import Dataset, fingerprint_qa
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
 from tasks.latency import measure_latency
@@ -38,6 +38,7 @@ from tasks.models import embedding_model_dir
 from tasks.records import RunRecord
 from tasks.retrieval import Retriever
 from tasks.settings import EvaluationConfig, PipelineConfig
+from tasks.stage_cache import StageCache, stage_key
 
 QUALITY_METRICS = ("exact_match", "f1", "accuracy", "groundedness", "hallucination_rate", "string_similarity",
                    "rouge", "bleu", "semantic_similarity", "context_precision", "context_recall", *JUDGE_METRICS)
@@ -181,12 +182,19 @@ class CandidateOutcome:
     report: CandidateReport
     run_id: str
     bundle: CandidateBundle
+    reused_from: str | None = None  # the MLflow run that evaluated this very system on these questions
 
 
-def evaluation_set_id(dataset: Dataset, test: pd.DataFrame) -> str:
-    """Names the exact evaluation set: same id means scores are directly comparable."""
-    digest = hashlib.sha256("\n".join(sorted(test["qa_id"])).encode()).hexdigest()[:12]
-    return f"{dataset.fingerprint}:{len(test)}:{digest}"
+def _gold_documents(test: pd.DataFrame, doc_text: dict[str, str]) -> str:
+    """Content hash of the documents the questions point at (groundedness and ragas read them)."""
+    docs = "\n".join(f"{d}\t{doc_text[d]}" for d in sorted(set(test["doc_id"])))
+    return hashlib.sha256(docs.encode()).hexdigest()[:12]
+
+
+def evaluation_set_id(test: pd.DataFrame, doc_text: dict[str, str]) -> str:
+    """Names the exact evaluation set, the questions with their answers and gold documents: the same id
+    means scores are directly comparable, whatever else in the data changed."""
+    return f"{fingerprint_qa(test)}:{len(test)}:{_gold_documents(test, doc_text)}"
 
 
 def evaluation_questions(dataset: Dataset, cfg: PipelineConfig) -> pd.DataFrame:
@@ -194,24 +202,48 @@ def evaluation_questions(dataset: Dataset, cfg: PipelineConfig) -> pd.DataFrame:
     return dataset.split("test", cfg.data.max_questions_per_split.get("test"))
 
 
+def evaluation_key(candidate: Candidate, cfg: PipelineConfig, adapter_dir: str | None, index_version: str | None,
+                   test: pd.DataFrame, doc_text: dict[str, str]) -> str:
+    """What an evaluation reads: the system (candidate, base model, adapter and index by content, generation
+    and retrieval settings), the questions, their gold documents (groundedness and ragas read them) and how
+    answers are scored. Which other candidates run, or where anything is stored, is not part of it."""
+    system = {k: v for k, v in asdict(candidate).items() if k != "description"}
+    return stage_key(candidate=system, base_model=cfg.base_model.describe(),
+                     adapter=Path(adapter_dir).name if adapter_dir else None, index=index_version,
+                     retrieval=cfg.index.model_dump(mode="json", exclude={"root"}),
+                     generation=cfg.generation.model_dump(mode="json"),
+                     scoring=cfg.evaluation.model_dump(mode="json", exclude={"candidates"}),
+                     questions=evaluation_set_id(test, doc_text), seed=cfg.seed,
+                     answer_type=cfg.data.answer_type, labels=cfg.data.labels)
+
+
 def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, base_model_dir: str,
                   adapter: TrainedAdapter | None, index: IndexBuild | None, run_id: str) -> CandidateOutcome:
-    """Evaluate `candidate` as this run built it (`adapter` for its adapter mode, `index` if it retrieves)."""
+    """Evaluate `candidate` as this run built it (`adapter` for its adapter mode, `index` if it retrieves), or
+    reuse the evaluation of an earlier run whose system, questions and scoring were the same."""
     if (candidate.adapter is not None) != (adapter is not None):
         raise ValueError(f"candidate {candidate.name} needs the {candidate.adapter or 'no'} adapter")
     index_dir = index.path if (index is not None and candidate.retrieves) else None
-    retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
     adapter_dir = adapter.adapter_dir if adapter else None
     test = evaluation_questions(dataset, cfg)
-    answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
-    report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
-                                embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type, cfg.data.labels)
+    cache = StageCache(cfg.cache_root, "evaluate")
+    key = evaluation_key(candidate, cfg, adapter_dir, index.version if index_dir is not None else None, test,
+                         dataset.doc_text())
+    reused_from = None
+    if (stored := cache.get(key)) is not None:
+        report, reused_from = stored
+    else:
+        retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
+        answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
+        report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
+                                    embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type, cfg.data.labels)
+        cache.put(key, (report, run_id))
     lineage = {"data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
                "index_version": index.version if index_dir is not None else "none",
                "adapter_run": adapter.run_id if adapter else "none", "candidate_run_id": run_id,
-               "test_set": evaluation_set_id(dataset, test)}
+               "test_set": evaluation_set_id(test, dataset.doc_text())}
     bundle = CandidateBundle(candidate.name, adapter_dir, str(index_dir) if index_dir is not None else None, lineage)
-    return CandidateOutcome(report, run_id, bundle)
+    return CandidateOutcome(report, run_id, bundle, reused_from)
 
 
 def candidate_record(outcome: CandidateOutcome, cfg: PipelineConfig) -> RunRecord:
@@ -219,7 +251,8 @@ def candidate_record(outcome: CandidateOutcome, cfg: PipelineConfig) -> RunRecor
 
     report, bundle = outcome.report, outcome.bundle
     record = RunRecord(
-        tags={"candidate": report.name, "answer_type": cfg.data.answer_type, **bundle.lineage},
+        tags={"candidate": report.name, "answer_type": cfg.data.answer_type, **bundle.lineage,
+              "reused": str(outcome.reused_from is not None), "reused_from_run": outcome.reused_from or "none"},
         params={"candidate": report.name, "retrieval": bundle.index_dir is not None,
                 "adapter": bool(bundle.adapter_dir), "max_new_tokens": cfg.generation.max_new_tokens},
         metrics=report.metrics, tables={f"per_question_{report.name}.csv": report.per_question})
@@ -231,10 +264,11 @@ def candidate_record(outcome: CandidateOutcome, cfg: PipelineConfig) -> RunRecor
     return record
 
 
-def candidate_summary(report: CandidateReport, answer_type: str = "span") -> str:
-    m = report.metrics
+def candidate_summary(outcome: CandidateOutcome, answer_type: str = "span") -> str:
+    report, m = outcome.report, outcome.report.metrics
     scores = " ".join(f"{name} {m.get(name, float('nan')):.3f}" for name in DEFAULTS[answer_type].headline)
-    return (f"candidate {report.name}: {scores}; p50 {m['latency_p50_ms']:.0f} ms "
+    how = f"reused the evaluation of run {outcome.reused_from}" if outcome.reused_from else "evaluated"
+    return (f"candidate {report.name} ({how}): {scores}; p50 {m['latency_p50_ms']:.0f} ms "
             f"(one at a time{', disturbed' if m.get('latency_disturbed') else ''})")
 
 

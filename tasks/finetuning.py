@@ -187,7 +187,8 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
             "model_load_seconds": result.model_load_seconds, "best_step": result.best_step,
             "raft_gold_rate": result.gold_rate}.items() if not math.isnan(v)},
         series={"train_loss": list(enumerate(result.train_losses, start=1))},
-        directories={"adapter": result.adapter_dir},
+        # A reused adapter was logged by the run that trained it; its directory name is the content key.
+        directories={} if result.reused else {"adapter": result.adapter_dir},
     )
     evals = [(step, loss) for step, loss in zip(result.eval_steps, result.eval_losses, strict=True)
              if not math.isnan(loss)]

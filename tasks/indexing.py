@@ -34,10 +34,12 @@ import pandas as pd
 
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.chunking import chunk_documents
+from tasks.data_loading import fingerprint_documents, fingerprint_qa
 from tasks.index_settings import IndexConfig
 from tasks.models import embedding_model_dir
 from tasks.records import RunRecord
 from tasks.retrieval import Retriever, embed, embedder, evaluate_retrieval, faiss_type
+from tasks.stage_cache import StageCache, stage_key
 from tasks.vector_index import FLAT, build_faiss, choose_type, recall_vs_exact
 
 CURRENT = "CURRENT"
@@ -182,7 +184,7 @@ def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
             queries = embed(list(recall_queries)[: cfg.faiss.recall_queries], cfg)
             ann_recall = recall_vs_exact(index, vectors, queries, cfg.faiss.recall_k)
         manifest = {
-            "version": version, "data_fingerprint": fingerprint, "embedding_model": model_dir,
+            "version": version, "documents_fingerprint": fingerprint, "embedding_model": model_dir,
             "embedding_model_key": embedding_model_key(model_dir), "chunking": cfg.chunking.model_dump(),
             "faiss": {"type": kind, **cfg.faiss.model_dump(exclude={"type"})},
             "dim": int(vectors.shape[1]), "num_chunks": len(chunks), "num_documents": int(documents.shape[0]),
@@ -235,7 +237,8 @@ def index_status(cfg: IndexConfig) -> list[dict]:
         size = sum(f.stat().st_size for f in path.iterdir())
         chunking = m.get("chunking", {"strategy": "chars", "max_tokens": m.get("chunk_chars")})
         rows.append({"version": m["version"], "current": m["version"] == current, "built_at": m["built_at"],
-                     "data_fingerprint": m["data_fingerprint"], "faiss_type": faiss_type(m),
+                     "docs_fingerprint": m.get("documents_fingerprint", m.get("data_fingerprint")),
+                     "faiss_type": faiss_type(m),
                      "chunking": f"{chunking['strategy']}/{chunking['max_tokens']}",
                      "num_documents": m["num_documents"], "num_chunks": m["num_chunks"],
                      "embedded": m.get("embedded", m["num_chunks"]), "size_mb": round(size / 2**20, 2)})
@@ -253,16 +256,24 @@ class IndexReport:
     manifest: dict
 
 
-def refresh_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig, validation_qa: pd.DataFrame,
-                  test_qa: pd.DataFrame) -> IndexReport:
-    """The index stage: build or reuse the index (made CURRENT), then measure retrieval of the gold documents."""
-    build = build_index(documents, fingerprint, cfg, recall_queries=validation_qa["question"].tolist())
-    retriever = Retriever(build.path, cfg)
+def refresh_index(documents: pd.DataFrame, cfg: IndexConfig, validation_qa: pd.DataFrame, test_qa: pd.DataFrame,
+                  cache_root: Path) -> IndexReport:
+    """The index stage: build or reuse the index of the documents (made CURRENT; keyed by the documents alone,
+    so a QA edit keeps it), then measure retrieval of the gold documents (reused when this index version was
+    measured on the same questions before)."""
+    build = build_index(documents, fingerprint_documents(documents), cfg,
+                        recall_queries=validation_qa["question"].tolist())
     ks = sorted({*cfg.eval_k, cfg.top_k})
-    quality = {f"{prefix}_{name}": value
-               for prefix, qa in (("val", validation_qa), ("test", test_qa))
-               for name, value in evaluate_retrieval(retriever, qa, ks).items()}
-    return IndexReport(build, quality, retriever.manifest)
+    cache = StageCache(cache_root, "retrieval")
+    key = stage_key(index=build.version, search=cfg.model_dump(mode="json", exclude={"root"}), ks=ks,
+                    validation=fingerprint_qa(validation_qa), test=fingerprint_qa(test_qa))
+    if (quality := cache.get(key)) is None:
+        retriever = Retriever(build.path, cfg)
+        quality = {f"{prefix}_{name}": value
+                   for prefix, qa in (("val", validation_qa), ("test", test_qa))
+                   for name, value in evaluate_retrieval(retriever, qa, ks).items()}
+        cache.put(key, quality)
+    return IndexReport(build, quality, json.loads((build.path / "manifest.json").read_text()))
 
 
 def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> RunRecord:

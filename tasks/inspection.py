@@ -114,6 +114,7 @@ def inspect_dataset(path: Path, template: dict[str, Any]) -> Inspection:
         raw.get("champion", {}).get("constraints", {}).pop("hallucination_rate", None)
     raw.setdefault("index", {})["root"] = f"artifacts/{name}/index"
     raw.setdefault("finetune", {})["output_root"] = f"artifacts/{name}/adapters"
+    raw["cache_root"] = f"artifacts/{name}/cache"
     raw.setdefault("champion", {})["model_name"] = f"ragtune-{name}"
     raw.setdefault("mlflow", {})["experiment"] = f"ragtune-{name}"
     if splits["test"] > FIRST_RUN_TEST_QUESTIONS and "max_questions_per_split" not in raw["data"]:

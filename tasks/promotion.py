@@ -27,9 +27,10 @@ from mlflow.types import ColSpec, Schema
 
 import tasks
 from tasks.candidates import CandidateBundle
-from tasks.champion import Decision, decide, pick_challenger
+from tasks.champion import Decision, decide, per_question_scores, pick_challenger
 from tasks.data_loading import Dataset
 from tasks.evaluation import CandidateOutcome, evaluate_candidate, evaluation_questions
+from tasks.metrics import bootstrap_ci
 from tasks.models import embedding_model_dir
 from tasks.records import RunRecord
 from tasks.serving import ADAPTER_ARTIFACT, CANDIDATE_ARTIFACT, CONFIG_ARTIFACT, INDEX_ARTIFACT, RagtuneModel
@@ -149,11 +150,37 @@ def champion_baseline(cfg: PipelineConfig, challenger: CandidateOutcome,
 
 
 @dataclass(frozen=True)
+class ChampionStanding:
+    """Who is champion once the decision is applied, and its objective on this run's questions."""
+
+    candidate: str
+    version: str
+    objective: float | None  # None: not scored in this run (there was no challenger to compare it with)
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass(frozen=True)
 class Promotion:
     decision: Decision
     champion_scored_on: str  # how the current champion's scores were obtained
     version: ModelVersion | None  # the registered challenger, if there is one
     registered_new: bool = False  # False: an identical version existed and was reused
+    standing: ChampionStanding | None = None  # the champion after the decision; None while there is none
+
+
+def _standing(cfg: PipelineConfig, decision: Decision, per_question: pd.DataFrame | None) -> ChampionStanding | None:
+    """The champion after the decision, with a bootstrap interval of its objective from per-question scores."""
+    champion = current_champion(cfg.champion.model_name)
+    if champion is None:
+        return None
+    score = decision.challenger_score if decision.promote else decision.champion_score
+    if score is None or math.isnan(score) or per_question is None:
+        return ChampionStanding(champion.tags.get("candidate", "?"), champion.version, None)
+    values, _ = per_question_scores(per_question, cfg.champion)
+    low, high = bootstrap_ci(values.tolist(), cfg.evaluation.bootstrap_samples, cfg.seed,
+                             cfg.evaluation.confidence_level)
+    return ChampionStanding(champion.tags.get("candidate", "?"), champion.version, score, low, high)
 
 
 def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineConfig) -> Promotion:
@@ -169,9 +196,10 @@ def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineCon
                       per_question={n: o.report.per_question for n, o in by_name.items()},
                       champion_per_question=champion_per_question, seed=cfg.seed)
     if decision.challenger is None:
-        return Promotion(decision, scored_on, None)
+        return Promotion(decision, scored_on, None, standing=_standing(cfg, decision, None))
     version, new = log_and_register(by_name[decision.challenger].bundle, cfg, decision.promote)
-    return Promotion(decision, scored_on, version, new)
+    scores = by_name[decision.challenger].report.per_question if decision.promote else champion_per_question
+    return Promotion(decision, scored_on, version, new, _standing(cfg, decision, scores))
 
 
 def promotion_record(promotion: Promotion, cfg: PipelineConfig) -> RunRecord:
@@ -186,9 +214,11 @@ def promotion_record(promotion: Promotion, cfg: PipelineConfig) -> RunRecord:
     return record
 
 
-def pipeline_decision_record(decision: Decision, cfg: PipelineConfig) -> RunRecord:
-    """The decision on the pipeline's parent run: tags to filter by, the champion's objective, and the
-    decision (outcome, reasons, significance) as the run's description in the MLflow UI."""
+def pipeline_decision_record(promotion: Promotion, cfg: PipelineConfig) -> RunRecord:
+    """The decision on the pipeline's parent run: tags to filter by, the champion after it with its objective
+    and interval (what `ragtune history` reads), and the decision (outcome, reasons, significance) as the
+    run's description in the MLflow UI."""
+    decision, standing = promotion.decision, promotion.standing
     record = RunRecord(tags={"champion_decision": "promoted" if decision.promote else "kept",
                              "challenger": decision.challenger or "none",
                              "mlflow.note.content": decision.to_markdown(cfg.champion)})
@@ -196,4 +226,10 @@ def pipeline_decision_record(decision: Decision, cfg: PipelineConfig) -> RunReco
         record.metrics["challenger_objective"] = decision.challenger_score
     if decision.champion_score is not None and not math.isnan(decision.champion_score):
         record.metrics["champion_objective"] = decision.champion_score
+    if standing is not None:
+        record.tags |= {"champion": standing.candidate, "champion_version": standing.version}
+        if standing.objective is not None:
+            record.metrics |= {"champion_after_objective": standing.objective,
+                               "champion_after_objective_ci_low": standing.ci_low,
+                               "champion_after_objective_ci_high": standing.ci_high}
     return record

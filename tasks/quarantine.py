@@ -18,6 +18,7 @@ import pandas as pd
 from tasks.data_loading import Dataset, fingerprint_tables
 from tasks.records import RunRecord
 from tasks.settings import PipelineConfig
+from tasks.stage_cache import StageCache, stage_key
 from tasks.validation import DataValidationError, ValidationReport, validate_dataset, validation_record
 
 QUARANTINE_COLUMNS = ["table", "record", "row", "rule", "relax_with"]
@@ -40,6 +41,7 @@ class Validated:
     dataset: Dataset
     quarantined: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUARANTINE_COLUMNS))
     before: ValidationReport | None = None  # the raw data's report, when rows were quarantined
+    reused: bool = False  # the same data was validated with the same rules before: that outcome was reused
 
 
 def quarantine_table(dataset: Dataset, report: ValidationReport) -> pd.DataFrame:
@@ -63,6 +65,16 @@ def quarantined_qa_rows(table: pd.DataFrame) -> set[int]:
     return set(table.loc[table["table"] == "qa", "row"])
 
 
+def without_quarantined(dataset: Dataset, table: pd.DataFrame) -> Dataset:
+    """The dataset less the rows a quarantine table drops."""
+    if table.empty:
+        return dataset
+    doc_rows = set(table.loc[table["table"] == "documents", "row"])
+    documents = dataset.documents.drop(index=sorted(doc_rows)).reset_index(drop=True)
+    qa = dataset.qa.drop(index=sorted(quarantined_qa_rows(table))).reset_index(drop=True)
+    return Dataset(documents, qa, fingerprint_tables(documents, qa), dataset.source)
+
+
 def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:
     """Validate; with `on_failure: quarantine`, drop the failing rows and validate what remains.
 
@@ -80,16 +92,31 @@ def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:
     qa_rows = quarantined_qa_rows(table)
     if len(qa_rows) > cfg.validation.max_quarantined_share * len(dataset.qa):
         raise QuarantineLimitError(report, len(qa_rows), len(dataset.qa), cfg.validation.max_quarantined_share)
-    doc_rows = set(table.loc[table["table"] == "documents", "row"])
-    documents = dataset.documents.drop(index=sorted(doc_rows)).reset_index(drop=True)
-    qa = dataset.qa.drop(index=sorted(qa_rows)).reset_index(drop=True)
-    kept = Dataset(documents, qa, fingerprint_tables(documents, qa), dataset.source)
+    kept = without_quarantined(dataset, table)
     return Validated(check(kept), kept, table, report)
+
+
+def validation_key(dataset: Dataset, cfg: PipelineConfig) -> str:
+    """What validation reads: the data (by content), where it came from (named in messages), the rules."""
+    return stage_key(data=dataset.fingerprint, source=dataset.source, rules=cfg.validation.model_dump(mode="json"),
+                     answer_type=cfg.data.answer_type, labels=cfg.data.labels)
+
+
+def validate_cached(dataset: Dataset, cfg: PipelineConfig) -> Validated:
+    """`validate_and_quarantine`, reusing the outcome of an earlier run on the same data and rules."""
+    cache, key = StageCache(cfg.cache_root, "validate"), validation_key(dataset, cfg)
+    if (stored := cache.get(key)) is not None:
+        report, table, before = stored
+        return Validated(report, without_quarantined(dataset, table), table, before, reused=True)
+    validated = validate_and_quarantine(dataset, cfg)
+    cache.put(key, (validated.report, validated.quarantined, validated.before))
+    return validated
 
 
 def validated_record(validated: Validated) -> RunRecord:
     """The validate run: the report of the data the run goes on with, and what was quarantined and why."""
     record = validation_record(validated.report, validated.dataset.fingerprint)
+    record.tags["reused"] = str(validated.reused)
     if validated.before is not None:
         q = validated.quarantined
         record.metrics |= {"quarantined_documents": int(q.loc[q["table"] == "documents", "row"].nunique()),

@@ -172,3 +172,18 @@ def print_inspection(inspection: Inspection, console: Console) -> None:
         console.print(failing)
     for note in inspection.notes:
         console.print(f"• starter config: {escape(note)}")
+
+
+def print_history(history: pd.DataFrame, console: Console, objective: str) -> None:
+    """The decision history as a terminal table (tasks.history)."""
+    table = Table(title=f"Champion after each retraining (objective {objective})")
+    for column, justify in (("started (UTC)", "left"), ("data", "left"), ("decision", "left"),
+                            ("champion", "left"), ("objective [CI]", "right"), ("what changed", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for row in history.itertuples(index=False):
+        score = "n/a" if math.isnan(row.objective) else f"{row.objective:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
+        champion = f"{row.champion} v{row.version}" if row.version else row.champion
+        decision = row.decision if row.decision == "kept" else f"[bold]{row.decision} {escape(row.challenger)}[/]"
+        table.add_row(row.started, row.data_fingerprint[:8], decision, escape(champion), score,
+                      escape(row.what_changed))
+    console.print(table)

@@ -303,6 +303,8 @@ class PipelineConfig(Strict):
     seed: int = 13
     base_model: ModelSource
     model_cache: Path = Path(".cache/models")
+    cache_root: Path = Field(Path("artifacts/cache"), description="Content-keyed validation reports and candidate "
+                             "evaluations (tasks.stage_cache): a run whose inputs did not change reuses them.")
     data: DataConfig
     validation: ValidationConfig = ValidationConfig()
     index: IndexConfig = IndexConfig()

@@ -17,6 +17,9 @@ from tasks.settings import MlflowConfig, PipelineConfig, config_to_yaml
 # Read once at import: mlflow.set_tracking_uri() itself exports MLFLOW_TRACKING_URI, so a later
 # read could not tell the user's server from the store of this process's previous run.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+MODEL_TRAINING_VIEW = "machine_learning"  # the UI's workflowType for training runs (not GenAI traces)
+FLOW_TAG = "ragtune.flow"  # on every pipeline parent run: which flow logged it (retrain, evaluate, ...)
 
 
 def setup_tracking(cfg: MlflowConfig) -> str:
@@ -28,18 +31,24 @@ def setup_tracking(cfg: MlflowConfig) -> str:
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = None if "://" in uri and not uri.startswith("sqlite") else Path(cfg.artifact_location).resolve()
-        mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None)
-    mlflow.set_experiment(cfg.experiment)
+        mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None,
+                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in mlflow.set_experiment(cfg.experiment).tags:  # made by an older ragtune
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return uri
+
+
+def ui_link(path: str, port: int = 5000) -> str:
+    """A page of the MLflow UI, in its model-training view (MLflow 3 opens experiments on its GenAI overview)."""
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{base}/#/{path}?workflowType={MODEL_TRAINING_VIEW}"
 
 
 def run_link(run_id: str) -> str:
     """Where a person opens an MLflow run: the tracking server's UI, or `ragtune ui` for a local store."""
-    run = mlflow.get_run(run_id)
-    uri = mlflow.get_tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    link = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    return link if uri.startswith(("http://", "https://")) else f"{link} (after `ragtune ui`)"
+    link = ui_link(f"experiments/{mlflow.get_run(run_id).info.experiment_id}/runs/{run_id}")
+    return link if mlflow.get_tracking_uri().startswith(("http://", "https://")) else f"{link} (after `ragtune ui`)"
 
 
 def pipeline_record(cfg: PipelineConfig, config: str) -> RunRecord:

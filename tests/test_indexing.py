@@ -84,7 +84,7 @@ def test_build_search_and_manifest_matches_fingerprint(tmp_path):
     hits = retriever.search(["When does the office open?"], 2)[0]
     assert hits[0].doc_id == "d2"
     manifest = json.loads((build.path / "manifest.json").read_text())
-    assert manifest["data_fingerprint"] == "fp1" and manifest["version"] == build.version
+    assert manifest["documents_fingerprint"] == "fp1" and manifest["version"] == build.version
     assert manifest["num_chunks"] == retriever.index.ntotal == len(pd.read_parquet(build.path / "chunks.parquet"))
     assert manifest["faiss"]["type"] == "flat" and manifest["chunking"]["max_tokens"] == 32
     assert manifest["embedding_model_key"] == indexing.embedding_model_key(str(embedding_model_dir(cfg)))

@@ -45,7 +45,8 @@ def overrides(workdir: Path, data: Path | None = None) -> list[str]:
     return [
         f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db", f"mlflow.artifact_location={workdir}/artifacts",
         f"index.root={workdir}/index", f"finetune.output_root={workdir}/adapters",
-        f"model_cache={ROOT / '.cache' / 'models'}", f"data.path={data or ROOT / 'data' / 'demo'}",
+        f"model_cache={ROOT / '.cache' / 'models'}", f"cache_root={workdir}/cache",
+        f"data.path={data or ROOT / 'data' / 'demo'}",
     ]
 
 
@@ -208,6 +209,8 @@ def test_second_run_within_margin_keeps_champion(first_run, workdir):
     # Nothing changed, so the challenger is the very system already registered: no new version.
     assert client.get_model_version_by_alias("ragtune-ci", "challenger").version == before
     assert len(client.search_model_versions("name = 'ragtune-ci'")) == versions
+    assert all(stage.reused for stage in second.stages) and second.what_changed.startswith("nothing changed")
+    assert client.get_run(second.run_id).data.tags["what_changed"] == second.what_changed
     promote_run = next(r for r in _runs(client, "ragtune-ci", second.run_id) if r.info.run_name == "promote")
     assert promote_run.data.tags["registration"] == "reused an identical version"
     decision_md = Path(client.download_artifacts(promote_run.info.run_id, "decision.md", str(workdir))).read_text()
@@ -215,6 +218,48 @@ def test_second_run_within_margin_keeps_champion(first_run, workdir):
     # The champion's stored per-question scores feed the paired test: same adapter, same questions, no gain.
     assert second.decision.significance is not None and not second.decision.significance.significant
     assert "not tested" not in decision_md
+
+
+def _edit_jsonl(path: Path, match: dict, **changes) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    row = next(r for r in rows if all(r[k] == v for k, v in match.items()))
+    row.update({k: f(row[k]) for k, f in changes.items()})
+    write_jsonl(path, rows)
+
+
+def _recomputed(result) -> set[str]:
+    return {stage.stage for stage in result.stages if not stage.reused}
+
+
+def test_an_edit_recomputes_exactly_the_stages_that_read_it(first_run, workdir, tmp_path):
+    """Index, adapters and evaluations are shared with the first run (content-keyed); the MLflow store is not."""
+    from flows.pipeline import retrain_flow
+    from tasks.data_loading import load_dataset
+    from tasks.settings import load_config
+
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "data" / "demo", data)
+    own = [*overrides(workdir, data), f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+           f"mlflow.artifact_location={tmp_path}/artifacts"]
+    config = str(ROOT / "configs" / "ci.yaml")
+    same = retrain_flow(config=config, overrides=own)
+    assert _recomputed(same) == {"validate"}  # the same content from another path: only its messages differ
+
+    cfg = load_config(config, own)
+    dataset = load_dataset(cfg.data)
+    evaluated_docs = set(dataset.split("test", cfg.data.max_questions_per_split["test"])["doc_id"])
+    doc_id = next(d for d in dataset.documents["doc_id"] if d not in evaluated_docs)
+    _edit_jsonl(data / "documents.jsonl", {"doc_id": doc_id}, text=lambda t: t + " Reviewed in November 2026.")
+    edited_doc = retrain_flow(config=config, overrides=own)
+    assert _recomputed(edited_doc) == {"validate", "index", "finetune[raft]", "evaluate[rag]", "evaluate[hybrid]"}
+    index_stage = next(s for s in edited_doc.stages if s.stage == "index")
+    assert index_stage.detail.endswith("removed") and edited_doc.index.embedded < edited_doc.index.num_chunks // 10
+
+    train_id = dataset.split("train")["qa_id"].iloc[0]
+    _edit_jsonl(data / "qa.jsonl", {"qa_id": train_id}, question=lambda q: q.rstrip("?") + ", exactly?")
+    edited_question = retrain_flow(config=config, overrides=own)
+    assert _recomputed(edited_question) == {"validate", "finetune[closed_book]", "finetune[raft]",
+                                            "evaluate[finetuned]", "evaluate[hybrid]"}
 
 
 def _random_adapter(base_model_dir: str, out: Path) -> str:
@@ -259,7 +304,7 @@ def test_random_adapter_challenger_is_registered_but_not_promoted(first_run, wor
         adapter_dir = _random_adapter(ctx.base_model_dir, workdir / "random-adapter")
         adapter = TrainedAdapter(FinetuneResult("raft", adapter_dir, train_examples=0, steps=0), run_id="none")
         broken = stages.evaluate_candidate(ctx, "hybrid", adapter, index)
-        decision = stages.promote(ctx, [broken])
+        decision = stages.promote(ctx, [broken]).decision
 
     assert broken.report.metrics["f1"] < champion_f1
     assert decision.challenger == "hybrid" and not decision.promote

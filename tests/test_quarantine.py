@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tasks.data_loading import Dataset, fingerprint_tables
-from tasks.quarantine import QuarantineLimitError, validate_and_quarantine, validated_record
+from tasks.quarantine import QuarantineLimitError, validate_and_quarantine, validate_cached, validated_record
 from tasks.settings import ValidationConfig, load_config
 from tasks.validation import DataValidationError, ensure_valid, validate_dataset
 
@@ -103,3 +103,19 @@ def test_duplicate_ids_and_leakage_are_never_quarantined():
     assert not validated.report.success and validated.before is None and validated.quarantined.empty
     with pytest.raises(DataValidationError, match=r"qa.test_question_normalised cannot be quarantined"):
         ensure_valid(validated.report)
+
+
+def test_validation_is_reused_for_the_same_data_and_rules_and_quarantines_the_same_rows(tmp_path):
+    answers, doc_ids = ["212 kg"] * 40, ["d1"] * 40
+    answers[7] = "an answer that is in no document"
+    dataset = _dataset(_qa(answers, doc_ids))
+    cfg = load_config("configs/ci.yaml", ["data.answer_type=span", "validation.on_failure=quarantine",
+                                          "validation.max_quarantined_share=0.1", f"cache_root={tmp_path}"])
+    first, again = validate_cached(dataset, cfg), validate_cached(dataset, cfg)
+    assert not first.reused and again.reused
+    assert again.dataset.fingerprint == first.dataset.fingerprint and "q07" not in set(again.dataset.qa["qa_id"])
+    assert again.quarantined.equals(first.quarantined) and validated_record(again).tags["reused"] == "True"
+    other_rules = cfg.validation.model_copy(update={"question_chars": (1, 9999)})
+    assert not validate_cached(dataset, cfg.model_copy(update={"validation": other_rules})).reused
+    edited = _dataset(_qa(["212 kg"] * 40, doc_ids))
+    assert not validate_cached(edited, cfg).reused  # other data: validated again

@@ -1,0 +1,207 @@
+"""Scheduled operation as the README sets it up: `ragtune server` (a real Prefect server on 127.0.0.1),
+`ragtune deploy` (prefect.yaml, non-interactively), `ragtune worker` (a process worker). Then a manual
+run completes, a short-interval schedule fires and completes, and the data-change trigger starts a
+retraining after a document changes and not before. Both servers' processes are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.server]
+RAGTUNE = [sys.executable, "-m", "flows"]
+RUN_TIMEOUT_S = 420  # a cold CI-config retraining takes ~90 s alone; the machine may be busy
+FAST_LOOPS = {  # the server schedules and the worker polls every few seconds instead of every minute
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    "PREFECT_WORKER_QUERY_SECONDS": "2",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, then anything it started that is still there."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """`ragtune server` on a free port with its own PREFECT_HOME; yields the environment that points at it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, **FAST_LOOPS, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen([*RAGTUNE, "server", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait("the Prefect server", lambda: process.poll() is not None or _healthy(env["PREFECT_API_URL"]), 180)
+        assert process.poll() is None, (home / "server.log").read_text()[-3000:]
+        yield env
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _healthy(api: str) -> bool:
+    try:
+        return requests.get(f"{api}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A config like configs/ci.yaml whose data and stores all live in a temporary directory."""
+    work = tmp_path_factory.mktemp("scheduled")
+    shutil.copytree(ROOT / "data" / "demo", work / "data")
+    raw = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
+    raw["data"]["path"] = str(work / "data")
+    raw["model_cache"] = str(ROOT / ".cache" / "models")
+    raw["cache_root"] = str(work / "cache")
+    raw["index"]["root"] = str(work / "index")
+    raw["finetune"]["output_root"] = str(work / "adapters")
+    raw["mlflow"] = {**raw["mlflow"], "tracking_uri": f"sqlite:///{work}/mlflow.db",
+                     "artifact_location": str(work / "artifacts")}
+    (work / "config.yaml").write_text(yaml.safe_dump(raw))
+    return work
+
+
+@pytest.fixture(scope="module")
+def deployed(server, project) -> Iterator[dict[str, str]]:
+    """`ragtune deploy --config ...` then `ragtune worker`, as the README says."""
+    done = subprocess.run([*RAGTUNE, "deploy", "--config", str(project / "config.yaml")], cwd=ROOT, env=server,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (project / "worker.log").open("w")
+    worker = subprocess.Popen([*RAGTUNE, "worker"], cwd=ROOT, env=server, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        yield server
+    finally:
+        _stop(worker)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), get_client(sync_client=True) as c:
+        yield c
+
+
+def _runs(client, deployment_id, **where):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    return [r for r in runs if all(getattr(r, k) == v for k, v in where.items())]
+
+
+def _final(client, run_id, project: Path):
+    def done():
+        run = client.read_flow_run(run_id)
+        return run if run.state is not None and run.state.is_final() else None
+
+    run = _wait(f"flow run {run_id} to finish", done, RUN_TIMEOUT_S, every_s=3)
+    assert run.state.is_completed(), f"{run.name}: {run.state}\n{(project / 'worker.log').read_text()[-4000:]}"
+    return run
+
+
+def _completed_since(client, deployment_id, since: float) -> list:
+    return [r for r in _runs(client, deployment_id) if r.state is not None and r.state.is_completed()
+            and r.start_time is not None and r.start_time.timestamp() > since]
+
+
+def _logs(client, run_id) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    return "\n".join(log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
+
+
+def _only_schedule(client, deployment_id, seconds: int) -> None:
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    for schedule in client.read_deployment_schedules(deployment_id):
+        client.delete_deployment_schedule(deployment_id, schedule.id)
+    if seconds:
+        client.create_deployment_schedules(deployment_id, [(IntervalSchedule(interval=timedelta(seconds=seconds)),
+                                                            True)])
+
+
+def test_deployed_flows_run_on_demand_on_schedule_and_on_data_change(deployed, client, project):
+    deployments = {d.name: d for d in client.read_deployments()}
+    assert {"nightly-retrain", "data-change-trigger", "index-refresh", "on-demand-evaluation"} <= set(deployments)
+    retrain, trigger, refresh = (deployments[n] for n in ("nightly-retrain", "data-change-trigger", "index-refresh"))
+    assert retrain.parameters["config"] == str(project / "config.yaml")
+    assert retrain.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
+    assert "config" in retrain.parameter_openapi_schema["properties"]  # a typed form in the UI
+
+    # (a) a manual run completes
+    manual = client.create_flow_run_from_deployment(retrain.id)
+    _final(client, manual.id, project)
+    assert "nothing changed" not in _logs(client, manual.id)  # a cold run: every stage computed
+
+    # (b) a short-interval schedule fires and the run it scheduled completes
+    _only_schedule(client, refresh.id, 10)
+    scheduled = _wait("a scheduled index-refresh run", lambda: _runs(client, refresh.id, auto_scheduled=True), 60)
+    _final(client, scheduled[-1].id, project)
+    _only_schedule(client, refresh.id, 0)
+
+    # (c) the data-change trigger: checks that see unchanged data start nothing...
+    _only_schedule(client, trigger.id, 10)
+    started_after = time.time()
+    checks = _wait("two completed data checks", lambda: _completed_since(client, trigger.id, started_after)[1:], 180)
+    assert all("data unchanged" in _logs(client, r.id) for r in checks), [_logs(client, r.id) for r in checks]
+    assert len(_runs(client, retrain.id, auto_scheduled=False)) == 1  # the nightly cron's runs are days ahead
+
+    # ...and after a document changes, one check starts the retraining, which completes
+    docs = project / "data" / "documents.jsonl"
+    rows = [json.loads(line) for line in docs.read_text().splitlines()]
+    rows[5]["text"] += " This section was reviewed in November 2026."
+    docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    triggered = _wait("the retraining the trigger starts", lambda: [
+        r for r in _runs(client, retrain.id, auto_scheduled=False) if r.id != manual.id], 180)
+    _only_schedule(client, trigger.id, 0)
+    _final(client, triggered[0].id, project)
+    assert len(_runs(client, retrain.id, auto_scheduled=False)) == 2
+    assert any("data changed" in _logs(client, r.id) for r in _runs(client, trigger.id))
