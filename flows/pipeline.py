@@ -85,7 +85,7 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
         if until == "promote":
             promoted = stages.promote(ctx, outcomes)
             result.decision = promoted.decision
-            registered = promoted.version.version if promoted.version is not None and promoted.registered_new else None
+            registered = promoted.registered
             log_record(promotion.pipeline_decision_record(promoted, cfg))
         result.stages = changes.stage_work(validated.reused, result.index, result.adapters,
                                            {o.report.name: o.reused_from is not None for o in outcomes})

@@ -37,6 +37,7 @@ from tasks.serving import ADAPTER_ARTIFACT, CANDIDATE_ARTIFACT, CONFIG_ARTIFACT,
 from tasks.settings import PipelineConfig, config_to_yaml
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS_CHAMPION = "previous_champion"  # registered-model tag: the version a promotion replaced (A/B rollback)
 SERVING_PACKAGES = ("mlflow", "torch", "transformers", "peft", "faiss-cpu", "sentence-transformers", "pandas",
                     "pydantic", "pyyaml", "numpy")
 
@@ -128,6 +129,9 @@ def log_and_register(bundle: CandidateBundle, cfg: PipelineConfig, promote: bool
         new = False
     client.set_registered_model_alias(mv.name, CHALLENGER, mv.version)
     if promote:
+        replaced = current_champion(mv.name)
+        if replaced is not None and replaced.version != mv.version:
+            client.set_registered_model_tag(mv.name, PREVIOUS_CHAMPION, str(replaced.version))
         client.set_registered_model_alias(mv.name, CHAMPION, mv.version)
     return client.get_model_version(mv.name, mv.version), new
 
@@ -168,6 +172,11 @@ class Promotion:
     registered_new: bool = False  # False: an identical version existed and was reused
     standing: ChampionStanding | None = None  # the champion after the decision; None while there is none
 
+    @property
+    def registered(self) -> str | None:
+        """The model version this promotion registered, or None when it registered nothing new."""
+        return self.version.version if self.version is not None and self.registered_new else None
+
 
 def _standing(cfg: PipelineConfig, decision: Decision, per_question: pd.DataFrame | None) -> ChampionStanding | None:
     """The champion after the decision, with a bootstrap interval of its objective from per-question scores."""
@@ -198,6 +207,9 @@ def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineCon
     if decision.challenger is None:
         return Promotion(decision, scored_on, None, standing=_standing(cfg, decision, None))
     version, new = log_and_register(by_name[decision.challenger].bundle, cfg, decision.promote)
+    if new or decision.promote:  # the registry page says why the version exists and why it serves
+        MlflowClient().update_model_version(version.name, version.version,
+                                            description=decision.to_markdown(cfg.champion))
     scores = by_name[decision.challenger].report.per_question if decision.promote else champion_per_question
     return Promotion(decision, scored_on, version, new, _standing(cfg, decision, scores))
 

@@ -105,6 +105,9 @@ def test_pipeline_logs_stages_metrics_artifacts_and_registers_champion(first_run
     assert first_run.decision.promote
     champion = client.get_model_version_by_alias("ragtune-ci", "champion")
     assert champion.tags["candidate"] == first_run.decision.challenger
+    assert champion.description.startswith("# Champion decision")  # the registry page says why
+    assert parent.data.tags["champion"] == champion.tags["candidate"] and parent.data.tags["champion_version"] == "1"
+    assert parent.data.metrics["champion_after_objective_ci_low"] <= parent.data.metrics["champion_after_objective"]
     assert champion.tags["data_fingerprint"] == first_run.fingerprint
     assert {"index_version", "base_model", "adapter_run"} <= set(champion.tags)
 
@@ -130,6 +133,11 @@ def test_both_uis_tell_the_story(first_run, workdir):
             parent.data.metrics)
     assert parent.data.tags["mlflow.note.content"].startswith("# Champion decision")
     assert parent.data.metrics["challenger_objective"] == pytest.approx(first_run.decision.challenger_score)
+    logged = {a.path for folder in ("tables", "plots") for a in client_for(workdir).list_artifacts(parent.info.run_id,
+                                                                                                   folder)}
+    assert {"tables/decision_history.csv", "plots/decision_history.png"} <= logged
+    experiment = client_for(workdir).get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["comparison", "champion-decision"])))}

@@ -170,7 +170,8 @@ def _only_schedule(client, deployment_id, seconds: int) -> None:
 
 def test_deployed_flows_run_on_demand_on_schedule_and_on_data_change(deployed, client, project):
     deployments = {d.name: d for d in client.read_deployments()}
-    assert {"nightly-retrain", "data-change-trigger", "index-refresh", "on-demand-evaluation"} <= set(deployments)
+    assert {"nightly-retrain", "data-change-trigger", "index-refresh", "on-demand-evaluation",
+            "daily-ab-report"} <= set(deployments)
     retrain, trigger, refresh = (deployments[n] for n in ("nightly-retrain", "data-change-trigger", "index-refresh"))
     assert retrain.parameters["config"] == str(project / "config.yaml")
     assert retrain.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
