@@ -300,6 +300,38 @@ def serve(config: Annotated[str | None, typer.Option("--config", "-c", help="Con
 
 
 @app.command()
+def gateway(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
+            mode: Annotated[str | None, typer.Option(help="off | split | shadow (default: gateway.mode).")] = None,
+            share: Annotated[float | None, typer.Option(help="Challenger share in split mode.")] = None,
+            port: Annotated[int | None, typer.Option(help="Port (default: gateway.port).")] = None) -> None:
+    """Serve the registry's champion and challenger over HTTP for A/B tests: POST /ask, POST /feedback,
+    GET /health, GET /ready; every request recorded as an MLflow trace."""
+    import uvicorn
+
+    from flows.pipeline import prepare
+    from tasks.gateway import create_app
+
+    extra = [f"gateway.{k}={v}" for k, v in (("mode", mode), ("challenger_share", share), ("port", port))
+             if v is not None]
+    cfg = _run(prepare, config, [*(set_ or []), *extra], None)
+    console.print(f"gateway for {cfg.champion.model_name} ({cfg.gateway.mode}, challenger share "
+                  f"{cfg.gateway.challenger_share}) on http://{cfg.gateway.host}:{cfg.gateway.port}; requests are "
+                  f"traces in experiment {cfg.mlflow.experiment}")
+    uvicorn.run(create_app(cfg), host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning")
+
+
+@app.command("ab-report")
+def ab_report(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
+              since_hours: Annotated[float, typer.Option(help="Only requests of the last N hours.")] = 168.0,
+              apply: Annotated[bool, typer.Option(help="Move the aliases as decided.")] = True) -> None:
+    """Decide champion vs challenger on the gateway's recorded requests and feedback (the `ab:` policy)."""
+    from flows.ab_report import ab_report_flow
+
+    action = _run(ab_report_flow, config=config, overrides=set_ or [], since_hours=since_hours, apply=apply)
+    console.print(f"A/B decision: [bold]{action}[/] (the report is ab_decision.md of the ab-report run in MLflow)")
+
+
+@app.command()
 def history(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
             last: Annotated[int, typer.Option(help="Show the last N retrainings.")] = 20) -> None:
     """Which candidate was champion after each retraining, its objective with interval, and what changed."""

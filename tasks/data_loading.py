@@ -263,5 +263,9 @@ def load_dataset(cfg: DataConfig, path: Path | None = None) -> Dataset:
     else:
         doc_path, qa_path = _find_table(path, "documents", fmt), _find_table(path, "qa", fmt)
         docs, qa = _read_table(doc_path), _read_table(qa_path)
+    if cfg.feedback_path is not None and Path(cfg.feedback_path).is_file():
+        # Corrected answers from the gateway's feedback (tasks.feedback_data): training rows only, never test.
+        feedback = _read_table(Path(cfg.feedback_path)).assign(split="train")
+        qa = pd.concat([qa, feedback], ignore_index=True)
     docs, qa = normalise_tables(docs, qa, doc_path, qa_path)
     return Dataset(documents=docs, qa=qa, fingerprint=fingerprint_tables(docs, qa), source=str(path))

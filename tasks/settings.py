@@ -12,8 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from tasks.ab_settings import ABConfig
 from tasks.candidates import CANDIDATES
 from tasks.config_base import ConfigError, Strict
+from tasks.gateway_settings import GatewayConfig
 from tasks.index_settings import IndexConfig
 from tasks.schema import SPLITS
 
@@ -46,6 +48,9 @@ class DataConfig(Strict):
         default_factory=lambda: {"train": 0.7, "validation": 0.1, "test": 0.2},
         description="Target split shares for data that has no split column (SQuAD).",
     )
+    feedback_path: Path | None = Field(
+        None, description="QA rows made from the gateway's corrected answers (`ragtune ab-report` writes them, "
+        "JSONL); loaded into the train split only, and validated like the rest.")
     max_questions_per_split: dict[str, int] = Field(
         default_factory=dict, description="Optional caps, e.g. {test: 50}; the first N by qa_id hash."
     )
@@ -313,6 +318,8 @@ class PipelineConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     champion: ChampionConfig = ChampionConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    ab: ABConfig = ABConfig()
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

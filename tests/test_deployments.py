@@ -25,7 +25,8 @@ def test_serve_builds_the_deployments_of_prefect_yaml_under_served_names():
         assert deployment.entrypoint.endswith(spec["entrypoint"].split(":")[1])
     assert {d.name: d.flow_name for d in built} == {
         "nightly-retrain-served": "retrain", "data-change-trigger-served": "watch-data",
-        "index-refresh-served": "index", "on-demand-evaluation-served": "evaluate"}
+        "index-refresh-served": "index", "on-demand-evaluation-served": "evaluate",
+        "daily-ab-report-served": "ab-report"}
 
 
 def test_a_served_trigger_starts_the_served_retraining():
