@@ -247,12 +247,12 @@ def _need_prefect_server() -> None:
 @app.command()
 def server(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
     """Start a Prefect server on 127.0.0.1 with telemetry and promotional content off (UI at /)."""
-    from flows.deployments import prefect_env, server_command
+    from flows.deployments import server_command
 
     console.print(f"Prefect UI at http://127.0.0.1:{port}; in other terminals: "
                   f"export PREFECT_API_URL=http://127.0.0.1:{port}/api")
-    command = server_command(port)
-    os.execve(command[0], command, prefect_env())  # the server is this process: a signal to it stops the server
+    command, env = server_command(port)
+    os.execve(command[0], command, env)  # the server is this process: a signal to it stops the server
 
 
 @app.command()

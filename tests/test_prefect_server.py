@@ -75,6 +75,8 @@ def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     try:
         _wait("the Prefect server", lambda: process.poll() is not None or _healthy(env["PREFECT_API_URL"]), 180)
         assert process.poll() is None, (home / "server.log").read_text()[-3000:]
+        ui = requests.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
+        assert ui["api_url"] == env["PREFECT_API_URL"]  # the UI calls this server, not the default port
         yield env
     finally:
         _stop(process)
