@@ -169,6 +169,20 @@ def test_shadow_returns_the_champion_and_records_both(registry):
                                                                          ("challenger", True): 5}
 
 
+def test_a_crash_loses_at_most_the_last_moments_of_traffic(registry):
+    """The stated loss window: what the exporter has not written yet, about the last second. Requests answered
+    a few seconds before a SIGKILL are in the store."""
+    process, url = _start(registry)
+    try:
+        ids = [_ask(url, f"Before the crash {i}?", f"k-{i}").json()["request_id"] for i in range(10)]
+        time.sleep(5)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        _stop(process)
+    assert set(ids) <= set(_traces(registry)["request_id"])
+
+
 def _rate_all(url: str, work: Path, good: dict[str, float], seed: int) -> None:
     """Simulated users: each answered request rated 1 with its variant's probability of a good answer."""
     import numpy as np
