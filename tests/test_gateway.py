@@ -230,3 +230,54 @@ def test_ab_report_reads_the_feedback_and_moves_the_aliases(split, registry):
         assert time.monotonic() < deadline, ready
         time.sleep(1)
     assert _ask(split, "Still answering after the rollback?", "after").json()["variant"] == "champion"
+
+
+def test_a_corrected_answer_reaches_the_next_retrainings_data(tmp_path_factory):
+    """A retrieving champion answers through the gateway; the user's correction becomes a validated train row."""
+    import json
+
+    import mlflow
+
+    from flows.pipeline import prepare
+    from tasks.ab_promotion import run_ab_report
+    from tasks.candidates import CandidateBundle
+    from tasks.data_loading import load_dataset
+    from tasks.indexing import build_index
+    from tasks.promotion import log_and_register
+    from tasks.quarantine import validate_and_quarantine
+
+    work = tmp_path_factory.mktemp("feedback")
+    raw = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
+    raw["model_cache"] = str(ROOT / ".cache" / "models")
+    raw["data"] = {**raw["data"], "path": str(ROOT / "data" / "demo"), "feedback_path": str(work / "feedback.jsonl"),
+                   "answer_type": "span"}  # validation checks the corrected answer is in its gold document
+    raw["index"]["root"] = str(work / "index")
+    raw["mlflow"] = {**raw["mlflow"], "tracking_uri": f"sqlite:///{work}/mlflow.db",
+                     "artifact_location": str(work / "artifacts")}
+    (work / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = prepare(str(work / "config.yaml"), [], None)
+    dataset = load_dataset(cfg.data)
+    index = build_index(dataset.documents, dataset.fingerprint, cfg.index)
+    with mlflow.start_run(run_name="register-rag"):
+        log_and_register(CandidateBundle("rag", None, str(index.path), {"index": index.version}), cfg, promote=True)
+
+    process, url = _start(work)
+    try:
+        body = _ask(url, "Who founded Brightwater Instruments?", "corrector").json()
+        gold = body["sources"][0]
+        text = dataset.documents.set_index("doc_id").at[gold, "text"]
+        correction = " ".join(text.split()[:4])  # a span of the document the answer came from
+        assert requests.post(f"{url}/feedback", timeout=60, json={
+            "request_id": body["request_id"], "rating": 0.0, "correct_answer": correction}).status_code == 200
+    finally:
+        _stop(process)
+
+    report = run_ab_report(cfg, since_hours=1.0, apply=False)
+    assert report.feedback_rows == 1
+    row = json.loads((work / "feedback.jsonl").read_text().splitlines()[0])
+    assert row == {"qa_id": f"feedback-{body['request_id']}", "question": "Who founded Brightwater Instruments?",
+                   "answer": [correction], "doc_id": gold, "split": "train"}
+    next_data = validate_and_quarantine(load_dataset(cfg.data), cfg)
+    assert next_data.report.success
+    qa = next_data.dataset.qa.set_index("qa_id")
+    assert qa.at[row["qa_id"], "split"] == "train"
