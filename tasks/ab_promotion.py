@@ -12,11 +12,17 @@ from dataclasses import dataclass
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from tasks.ab_report import ABDecision, ab_record, compare_variants, decide_ab, variant_summary
 from tasks.feedback_data import export_feedback
-from tasks.promotion import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, champion_run_metrics, current_champion
+from tasks.promotion import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    alias_version,
+    champion_run_metrics,
+    current_champion,
+)
 from tasks.records import RunRecord
 from tasks.request_log import COLUMNS, load_requests
 from tasks.settings import PipelineConfig
@@ -30,17 +36,10 @@ class ABOutcome:
     feedback_rows: int = 0  # new QA rows written to data.feedback_path
 
 
-def _alias(name: str, alias: str) -> str | None:
-    try:
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def apply_ab_decision(decision: ABDecision, model_name: str) -> str:
     """Move the aliases as the decision says; returns what moved."""
     client = MlflowClient()
-    champion, challenger = _alias(model_name, CHAMPION), _alias(model_name, CHALLENGER)
+    champion, challenger = alias_version(model_name, CHAMPION), alias_version(model_name, CHALLENGER)
     if decision.action == "promote" and challenger not in (None, champion):
         client.set_registered_model_alias(model_name, CHAMPION, challenger)
         if champion is not None:

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import mlflow
 from fastapi import FastAPI, HTTPException
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from tasks import request_log
 from tasks.answering import Answer, AnswerSource
+from tasks.promotion import alias_version
 from tasks.request_log import Served
 from tasks.routing import choose_variant
 from tasks.settings import PipelineConfig
@@ -65,18 +65,12 @@ class ModelSlots:
         self.loaded: dict[str, LoadedModel] = {}
         self._refreshing = threading.Lock()
 
-    def _registered_version(self, alias: str) -> str | None:
-        try:
-            return str(MlflowClient().get_model_version_by_alias(self.model_name, alias).version)
-        except MlflowException:
-            return None
-
     def refresh(self) -> list[str]:
         """Load what the aliases point at now; returns what changed, e.g. ['challenger: 3 -> 4']."""
         changed = []
         with self._refreshing:
             for alias in ALIASES:
-                version, current = self._registered_version(alias), self.loaded.get(alias)
+                version, current = alias_version(self.model_name, alias), self.loaded.get(alias)
                 if version == (current.served.version if current else None):
                     continue
                 if version is None:

@@ -64,6 +64,14 @@ def current_champion(name: str) -> ModelVersion | None:
         return None
 
 
+def alias_version(name: str, alias: str) -> str | None:
+    """The version an alias of the registered model points at now, or None."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
 def champion_run_metrics(champion: ModelVersion) -> dict[str, float]:
     """The evaluation metrics recorded for the champion's candidate run."""
     run_id = champion.tags.get("candidate_run_id")
