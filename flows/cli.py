@@ -255,6 +255,24 @@ def server(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200)
     os.execve(command[0], command, env)  # the server is this process: a signal to it stops the server
 
 
+@app.command("tracking-server")
+def tracking_server(
+        backend_store_uri: Annotated[str, typer.Option(help="Where runs, the registry and traces live, e.g. "
+                                                        "postgresql://ragtune@127.0.0.1:5432/mlflow.")],
+        artifacts_destination: Annotated[str, typer.Option(help="Where the server keeps artifacts: a path, "
+                                                            "s3://bucket/prefix, ...")],
+        port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+        workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2) -> None:
+    """Start an MLflow tracking server on 127.0.0.1 that also serves the artifacts, with telemetry off. Point
+    every machine at it: export MLFLOW_TRACKING_URI=http://<host>:<port> (or mlflow.tracking_uri in the config)."""
+    from flows.engines import tracking_server_command
+
+    console.print(f"MLflow at http://127.0.0.1:{port}; on every machine: "
+                  f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}")
+    command, env = tracking_server_command(backend_store_uri, artifacts_destination, port, workers=workers)
+    os.execve(command[0], command, env)
+
+
 @app.command()
 def deploy(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
                                                       "(default: each one's config in prefect.yaml).")] = None) -> None:
@@ -274,12 +292,14 @@ def deploy(config: Annotated[str | None, typer.Option("--config", "-c", help="Co
 
 
 @app.command()
-def worker() -> None:
+def worker(limit: Annotated[int | None, typer.Option(help="Flow runs this worker runs at once (default: no "
+                                                      "limit). Start one worker per machine, each with its own "
+                                                      "limit, to spread runs over machines.")] = None) -> None:
     """Start a process worker for prefect.yaml's work pool: it runs the deployed flows, offline."""
     _need_prefect_server()
     from flows.deployments import prefect_env, work_pool, worker_command
 
-    command = worker_command(work_pool())
+    command = worker_command(work_pool(), limit)
     os.execve(command[0], command, prefect_env())
 
 

@@ -108,5 +108,6 @@ def server_command(port: int) -> tuple[list[str], dict[str, str]]:
     return _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), env
 
 
-def worker_command(pool: str) -> list[str]:
-    return _prefect("worker", "start", "--pool", pool, "--type", "process")
+def worker_command(pool: str, limit: int | None = None) -> list[str]:
+    limit_args = ("--limit", str(limit)) if limit else ()
+    return _prefect("worker", "start", "--pool", pool, "--type", "process", *limit_args)
