@@ -2,7 +2,7 @@
 
 POST /ask {"question", "user_id"?} answers with the variant chosen by tasks.routing (split, sticky
 per user; shadow; off) and returns the answer, its sources, the variant, the model version and a
-request id; every answer is recorded (tasks.request_log). POST /feedback {"request_id", "rating",
+request id; every answer is recorded exactly once (tasks.request_writer). POST /feedback {"request_id", "rating",
 "correct_answer"?} attaches a rating to that record. GET /health says the process is up, GET /ready
 that the champion is loaded. A watcher thread polls the registry's aliases: a moved alias is
 loaded beside the serving model, which keeps answering until the new one is swapped in.
@@ -28,6 +28,7 @@ from tasks import request_log
 from tasks.answering import Answer, AnswerSource
 from tasks.promotion import alias_version
 from tasks.request_log import Served
+from tasks.request_writer import RequestWriter
 from tasks.routing import choose_variant
 from tasks.settings import PipelineConfig
 
@@ -116,15 +117,19 @@ def create_app(cfg: PipelineConfig, slots: ModelSlots | None = None) -> FastAPI:
     shadows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
     stop = threading.Event()
 
+    writer: list[RequestWriter] = []  # made at startup: it owns the outbox and writes what a killed gateway left
+
     def answer_and_record(model: LoadedModel, question: str, user_id: str | None, shadow: bool) -> tuple[Answer, str]:
         start = time.time_ns()
         answer = model.answer(question)
-        request_id = request_log.record_answer(experiment_id, model.served, answer, user_id, start, time.time_ns(),
-                                               gateway.price_per_hour, cfg.evaluation.support_threshold, shadow)
-        return answer, request_id
+        record = request_log.answer_record(experiment_id, model.served, answer, user_id, start, time.time_ns(),
+                                           gateway.price_per_hour, cfg.evaluation.support_threshold, shadow)
+        writer[0].submit(record)
+        return answer, record.request_id
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        writer.append(RequestWriter(gateway.outbox_dir, gateway.record_queue))
         slots.refresh()
         watcher = threading.Thread(target=_watch_aliases, args=(slots, gateway.alias_poll_seconds, stop),
                                    name="alias-watcher", daemon=True)
@@ -132,7 +137,7 @@ def create_app(cfg: PipelineConfig, slots: ModelSlots | None = None) -> FastAPI:
         yield
         stop.set()
         shadows.shutdown(wait=True)  # shadow answers already accepted are answered and recorded
-        request_log.flush()
+        writer[0].close(gateway.shutdown_write_seconds)
 
     app = FastAPI(title="ragtune gateway", lifespan=lifespan)
 
@@ -153,8 +158,10 @@ def create_app(cfg: PipelineConfig, slots: ModelSlots | None = None) -> FastAPI:
 
     @app.post("/feedback")
     def feedback(request: FeedbackRequest) -> dict:
+        writer[0].wait_written(request.request_id, gateway.feedback_wait_seconds)  # it may still be in the outbox
         try:
-            request_log.record_feedback(request.request_id, request.rating, request.correct_answer, request.user_id)
+            request_log.record_feedback(experiment_id, request.request_id, request.rating, request.correct_answer,
+                                        request.user_id)
         except request_log.UnknownRequest:
             raise HTTPException(404, f"no recorded request {request.request_id}") from None
         return {"request_id": request.request_id, "recorded": True}

@@ -3,6 +3,7 @@ registry's champion and challenger, and how it records requests; part of the pip
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -24,4 +25,11 @@ class GatewayConfig(Strict):
     record_queue: int = Field(
         10_000, ge=1, description="Recorded requests waiting to be written; when full, answering waits for the "
         "writer (no record is dropped).")
+    outbox_dir: Path = Field(
+        Path("artifacts/gateway-outbox"), description="Where answered requests wait until MLflow holds them; a "
+        "gateway writes what a killed one left here. One gateway per directory.")
+    shutdown_write_seconds: float = Field(
+        60.0, ge=0, description="On shutdown, how long to keep writing queued records; the rest stay in the outbox.")
+    feedback_wait_seconds: float = Field(
+        30.0, ge=0, description="How long feedback waits for its request's record to be written.")
     price_per_hour: float = Field(0.10, ge=0, description="Compute price (USD/hour) for each request's cost.")
