@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from flows import stages
 from flows.context import RunContext
+from flows.fanout import fanout
 from tasks import candidates, changes, history, promotion
 from tasks.candidates import Mode
 from tasks.champion import Decision
@@ -73,12 +74,18 @@ def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str 
         evaluate = until in ("evaluate", "promote")
         plan = candidates.plan(cfg.evaluation.candidates, evaluate, mode)
         result.index = stages.build_index(ctx) if plan.needs_index else None
-        result.adapters = {m: stages.finetune(ctx, m, result.index) for m in plan.adapter_modes}
+        with fanout(cfg.scale.dask) as parallel:  # the finetunes and evaluations depend only on what they are given
+            wide = ctx.for_workers(cfg.scale.dask.threads_per_worker) if cfg.scale.dask.enabled else ctx
+            adapters = {m: parallel.submit(stages.finetune, ctx=wide, mode=m, index=result.index)
+                        for m in plan.adapter_modes}
+            evaluations = [parallel.submit(stages.evaluate_candidate, ctx=wide, name=c.name,
+                                           adapter=adapters.get(c.adapter), index=result.index)
+                           for c in plan.candidates] if evaluate else []
+            result.adapters = {m: future.result() for m, future in adapters.items()}
+            outcomes = [future.result() for future in evaluations]
         if not evaluate:
             return result
 
-        outcomes = [stages.evaluate_candidate(ctx, c.name, result.adapters.get(c.adapter), result.index)
-                    for c in plan.candidates]
         table = stages.record_comparison(ctx, outcomes)
         result.comparison = table.to_dict(orient="records")
         registered = None

@@ -13,12 +13,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import locks
 from flows.context import RunContext
 from tasks import (
     answer_types,
     candidates,
     data_loading,
     evaluation,
+    exclusive,
     finetuning,
     indexing,
     promotion,
@@ -34,6 +36,8 @@ from tasks.models import token_counter
 from tasks.quarantine import Validated
 from tasks.settings import PipelineConfig
 from tasks.tracking import log_record, run_link
+
+exclusive.use(locks.shared_lock)  # here, so every process that runs a stage (a Dask worker too) shares the locks
 
 
 def _retry_unless_bad_data(task, task_run, state) -> bool:
@@ -90,7 +94,7 @@ def validate(ctx: RunContext) -> Validated:
 def build_index(ctx: RunContext) -> IndexBuild:
     data = ctx.dataset
     report = indexing.refresh_index(data.documents, ctx.cfg.index, data.split("validation"), data.split("test"),
-                                    ctx.cfg.cache_root)
+                                    ctx.cfg.cache_root, ctx.store)
     with ctx.child_run("index"):
         log_record(indexing.index_record(report, ctx.cfg.index, data.fingerprint))
     get_run_logger().info(indexing.index_summary(report, ctx.cfg.index))
@@ -100,7 +104,7 @@ def build_index(ctx: RunContext) -> IndexBuild:
 @task(name="finetune", task_run_name="finetune[{mode}]", cache_policy=NO_CACHE)
 def finetune(ctx: RunContext, mode: Mode, index: IndexBuild | None) -> TrainedAdapter:
     with ctx.child_run(f"finetune-{mode}") as run:
-        result = finetuning.train_adapter(mode, ctx.dataset, ctx.cfg, ctx.base_model_dir, index)
+        result = finetuning.train_adapter(mode, ctx.dataset, ctx.cfg, ctx.base_model_dir, index, ctx.store)
         log_record(finetuning.finetune_record(result, ctx.cfg.finetune, ctx.dataset.fingerprint,
                                               ctx.cfg.base_model.describe()))
     get_run_logger().info(finetuning.finetune_summary(result))
@@ -112,7 +116,7 @@ def evaluate_candidate(ctx: RunContext, name: str, adapter: TrainedAdapter | Non
                        index: IndexBuild | None) -> CandidateOutcome:
     with ctx.child_run(f"candidate-{name}") as run:
         outcome = evaluation.run_candidate(candidates.get(name), ctx.dataset, ctx.cfg, ctx.base_model_dir, adapter,
-                                           index, run.info.run_id)
+                                           index, run.info.run_id, ctx.store)
         log_record(evaluation.candidate_record(outcome, ctx.cfg))
     get_run_logger().info(evaluation.candidate_summary(outcome, ctx.cfg.data.answer_type))
     return outcome

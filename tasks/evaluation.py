@@ -16,8 +16,10 @@ import pandas as pd
 
 from tasks.answer_types import DEFAULTS
 from tasks.answering import Answer, AnswerSource, answerer_for
+from tasks.artifact_store import ArtifactStore, local_copy
 from tasks.candidates import Candidate, CandidateBundle
 from tasks.data_loading import Dataset, fingerprint_qa
+from tasks.exclusive import exclusive, lock_name
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
 from tasks.latency import measure_latency
@@ -210,7 +212,7 @@ def evaluation_key(candidate: Candidate, cfg: PipelineConfig, adapter_dir: str |
     system = {k: v for k, v in asdict(candidate).items() if k != "description"}
     return stage_key(candidate=system, base_model=cfg.base_model.describe(),
                      adapter=Path(adapter_dir).name if adapter_dir else None, index=index_version,
-                     retrieval=cfg.index.model_dump(mode="json", exclude={"root"}),
+                     retrieval=cfg.index.model_dump(mode="json", exclude={"root", "threads"}),
                      generation=cfg.generation.model_dump(mode="json"),
                      scoring=cfg.evaluation.model_dump(mode="json", exclude={"candidates"}),
                      questions=evaluation_set_id(test, doc_text), seed=cfg.seed,
@@ -218,26 +220,29 @@ def evaluation_key(candidate: Candidate, cfg: PipelineConfig, adapter_dir: str |
 
 
 def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, base_model_dir: str,
-                  adapter: TrainedAdapter | None, index: IndexBuild | None, run_id: str) -> CandidateOutcome:
+                  adapter: TrainedAdapter | None, index: IndexBuild | None, run_id: str,
+                  store: ArtifactStore | None = None) -> CandidateOutcome:
     """Evaluate `candidate` as this run built it (`adapter` for its adapter mode, `index` if it retrieves), or
     reuse the evaluation of an earlier run whose system, questions and scoring were the same."""
     if (candidate.adapter is not None) != (adapter is not None):
         raise ValueError(f"candidate {candidate.name} needs the {candidate.adapter or 'no'} adapter")
-    index_dir = index.path if (index is not None and candidate.retrieves) else None
-    adapter_dir = adapter.adapter_dir if adapter else None
+    index_dir = local_copy(index.path, cfg.index.root, "index", store) if (index and candidate.retrieves) else None
+    adapter_dir = str(local_copy(adapter.adapter_dir, cfg.finetune.output_root, "adapters", store)) if adapter else None
     test = evaluation_questions(dataset, cfg)
     cache = StageCache(cfg.cache_root, "evaluate")
     key = evaluation_key(candidate, cfg, adapter_dir, index.version if index_dir is not None else None, test,
                          dataset.doc_text())
     reused_from = None
-    if (stored := cache.get(key)) is not None:
-        report, reused_from = stored
-    else:
-        retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
-        answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
-        report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
-                                    embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type, cfg.data.labels)
-        cache.put(key, (report, run_id))
+    with exclusive(lock_name("evaluation", key), cache.directory / ".locks"):  # a concurrent run waits, then reuses
+        if (stored := cache.get(key)) is not None:
+            report, reused_from = stored
+        else:
+            retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
+            answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
+            report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
+                                        embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type,
+                                        cfg.data.labels)
+            cache.put(key, (report, run_id))
     lineage = {"data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
                "index_version": index.version if index_dir is not None else "none",
                "adapter_run": adapter.run_id if adapter else "none", "candidate_run_id": run_id,

@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from tasks.artifact_store import ArtifactStore, local_copy
 from tasks.atomic import atomic_directory
 from tasks.candidates import ADAPTER_MODES, Mode
 from tasks.data_loading import Dataset, fingerprint_qa
+from tasks.exclusive import exclusive, lock_name
 from tasks.finetune_data import build_examples, encode_example
 from tasks.indexing import IndexBuild
+from tasks.models import weights_key
 from tasks.records import RunRecord
 from tasks.retrieval import Retriever
 from tasks.settings import FinetuneConfig, GenerationConfig, PipelineConfig
@@ -63,6 +66,8 @@ class FinetuneResult:
     model_load_seconds: float = float("nan")
     device: str = "cpu"
     batch_size: int = 0
+    fetched: bool = False  # taken from the shared artifact store, not trained here
+    waited_s: float = 0.0  # for another run training the same adapter
 
     @property
     def final_train_loss(self) -> float:
@@ -85,7 +90,8 @@ class TrainedAdapter:
 def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, index_version: str | None,
                 cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int, runtime: Runtime) -> str:
     """Names an adapter by everything that shapes its weights (not by where or how often it is saved)."""
-    payload = json.dumps({"mode": mode, "base": base_model_dir, "fp": qa_fingerprint, "index": index_version,
+    payload = json.dumps({"mode": mode, "base": weights_key(base_model_dir), "fp": qa_fingerprint,
+                          "index": index_version,
                           "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS),
                           "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
                           "runtime": asdict(runtime)},
@@ -102,21 +108,37 @@ def _save_adapter(model: PeftModel, result: FinetuneResult, out_dir: Path) -> No
 def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: pd.DataFrame, qa_fingerprint: str,
              cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int,
              retriever: Retriever | None = None, progress: bool = True,
-             on_step: Callable[[TrainState], None] | None = None) -> FinetuneResult:
-    """Train a LoRA adapter (or reuse an identical earlier one, or resume an interrupted one) under cfg.output_root."""
+             on_step: Callable[[TrainState], None] | None = None, store: ArtifactStore | None = None) -> FinetuneResult:
+    """Train a LoRA adapter under cfg.output_root, or reuse an identical earlier one (here or in the shared
+    `store`), or resume an interrupted one. An adapter is trained once across machines: under its lock, and
+    published to the store when trained here."""
+    runtime = select_runtime(cfg)
+    index_version = retriever.version if (ADAPTER_MODES[mode].with_passages and retriever) else None
+    key = adapter_key(mode, base_model_dir, qa_fingerprint, index_version, cfg, gen_cfg, seed, runtime)
+    out_dir = Path(cfg.output_root) / key
+    with exclusive(lock_name("adapter", key), Path(cfg.output_root) / ".locks") as waited:
+        fetched = not (out_dir / "result.json").is_file() and store is not None and store.fetch("adapters", key,
+                                                                                                 out_dir)
+        if (out_dir / "result.json").is_file():
+            result = FinetuneResult(**json.loads((out_dir / "result.json").read_text()))
+            result.adapter_dir, result.reused, result.fetched, result.waited_s = str(out_dir), True, fetched, waited
+        else:
+            result = _train(mode, key, base_model_dir, train_qa, eval_qa, cfg, gen_cfg, seed, runtime, retriever,
+                            progress, on_step)
+            result.waited_s = waited
+        if store is not None:
+            store.publish("adapters", key, out_dir)  # no-op when the store has it
+    return result
+
+
+def _train(mode: Mode, key: str, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: pd.DataFrame,
+           cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int, runtime: Runtime, retriever: Retriever | None,
+           progress: bool, on_step: Callable[[TrainState], None] | None) -> FinetuneResult:
     import torch
     from transformers import AutoTokenizer
 
-    runtime = select_runtime(cfg)
-    with_passages = ADAPTER_MODES[mode].with_passages
-    index_version = retriever.version if (with_passages and retriever) else None
-    key = adapter_key(mode, base_model_dir, qa_fingerprint, index_version, cfg, gen_cfg, seed, runtime)
     out_dir = Path(cfg.output_root) / key
-    if (out_dir / "result.json").is_file():
-        result = FinetuneResult(**json.loads((out_dir / "result.json").read_text()))
-        result.reused = True
-        return result
-
+    with_passages = ADAPTER_MODES[mode].with_passages
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     if tokenizer.pad_token is None:
@@ -152,18 +174,18 @@ def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: p
 
 
 def train_adapter(mode: Mode, dataset: Dataset, cfg: PipelineConfig, base_model_dir: str,
-                  index: IndexBuild | None) -> FinetuneResult:
+                  index: IndexBuild | None, store: ArtifactStore | None = None) -> FinetuneResult:
     """The finetune stage for one adapter mode: train on the train split, keep the adapter with the lowest
     validation loss; a mode whose prompts carry passages retrieves them from `index`."""
     with_passages = ADAPTER_MODES[mode].with_passages
     if with_passages and index is None:
         raise ValueError(f"adapter mode {mode} trains on retrieved passages: build the index first")
-    retriever = Retriever(index.path, cfg.index) if with_passages else None
+    retriever = Retriever(local_copy(index.path, cfg.index.root, "index", store), cfg.index) if with_passages else None
     train, validation = dataset.split("train"), dataset.split("validation")
     # Keyed by what it reads: the train/validation QA (and, through the index version, the documents
     # for modes that read passages), so an edited document or a new test question retrains nothing else.
     return finetune(mode, base_model_dir, train, validation, fingerprint_qa(train, validation), cfg.finetune,
-                    cfg.generation, cfg.seed, retriever)
+                    cfg.generation, cfg.seed, retriever, store=store)
 
 
 def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: str, base_model: str) -> RunRecord:
@@ -172,6 +194,7 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
 
     record = RunRecord(
         tags={"mode": result.mode, "adapter": Path(result.adapter_dir).name, "reused": str(result.reused),
+              "fetched": str(result.fetched),
               "data_fingerprint": fingerprint, "base_model": base_model, "device": result.device,
               "stopped_early": str(result.stopped_early), "resumed_from_step": str(result.resumed_from_step)},
         params={"mode": result.mode, "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "epochs": cfg.epochs,
@@ -200,7 +223,9 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
 
 
 def finetune_summary(result: FinetuneResult) -> str:
-    return (f"finetune[{result.mode}] {'reused' if result.reused else 'trained'} on {result.device}: "
+    how = "fetched from the shared store" if result.fetched else "reused" if result.reused else "trained"
+    waited = f" after waiting {result.waited_s:.0f} s for another run" if result.waited_s >= 1 else ""
+    return (f"finetune[{result.mode}] {how}{waited} on {result.device}: "
             f"{result.steps} steps, {result.tokens_per_second:.0f} tokens/s, best eval loss {result.eval_loss:.3f} "
             f"(step {result.best_step}), perplexity {result.perplexity:.2f}"
             f"{', stopped early' if result.stopped_early else ''}; base model loaded in "

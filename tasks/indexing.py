@@ -26,17 +26,18 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tasks.artifact_store import ArtifactStore
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.chunking import chunk_documents
 from tasks.data_loading import fingerprint_documents, fingerprint_qa
+from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
-from tasks.models import embedding_model_dir
+from tasks.models import embedding_model_dir, weights_key
 from tasks.records import RunRecord
 from tasks.retrieval import Retriever, embed, embedder, evaluate_retrieval, faiss_type
 from tasks.stage_cache import StageCache, stage_key
@@ -62,19 +63,8 @@ class IndexBuild:
     removed: int = 0
     faiss_type: str = FLAT
     ann_recall: float | None = None
-
-
-@lru_cache(maxsize=4)
-def embedding_model_key(model_dir: str) -> str:
-    """Identity of the embedding weights: stored vectors are reusable only under the same key."""
-    h = hashlib.sha256()
-    for path in sorted(Path(model_dir).rglob("*")):
-        if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt"}:
-            h.update(path.relative_to(model_dir).as_posix().encode())
-            with path.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()[:16]
+    fetched: bool = False  # taken from the shared artifact store, not built here
+    waited_s: float = 0.0  # for another run building the same version
 
 
 def _check_chunk_length(cfg: IndexConfig) -> None:
@@ -86,7 +76,7 @@ def _check_chunk_length(cfg: IndexConfig) -> None:
 
 
 def index_version(fingerprint: str, cfg: IndexConfig) -> str:
-    params = json.dumps({"fp": fingerprint, "model": embedding_model_key(str(embedding_model_dir(cfg))),
+    params = json.dumps({"fp": fingerprint, "model": weights_key(str(embedding_model_dir(cfg))),
                          "chunking": cfg.chunking.model_dump(), "faiss": cfg.faiss.model_dump()}, sort_keys=True)
     return f"idx-{hashlib.sha256(params.encode()).hexdigest()[:12]}"
 
@@ -150,10 +140,12 @@ def _assemble_vectors(chunks: pd.DataFrame, stored: dict[str, np.ndarray],
 
 
 def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
-                recall_queries: Sequence[str] | None = None) -> IndexBuild:
-    """Build (incrementally) or reuse the index of `documents` and make it CURRENT.
+                recall_queries: Sequence[str] | None = None, store: ArtifactStore | None = None) -> IndexBuild:
+    """Build (incrementally), reuse or fetch the index of `documents` and make it CURRENT.
 
     `recall_queries` (e.g. validation questions) measure an approximate index against exact search.
+    A version is built once across machines: under its lock, from the shared `store` if it has it,
+    and published there when built here.
     """
     start = time.perf_counter()
     root = Path(cfg.root)
@@ -161,21 +153,25 @@ def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
     model_dir = str(embedding_model_dir(cfg))
     version = index_version(fingerprint, cfg)
     final = root / version
-    with _build_lock(root):
+    with exclusive(lock_name("index", version), root / ".locks") as waited, _build_lock(root):
+        fetched = (not (final / "manifest.json").is_file() and store is not None
+                   and store.fetch("index", version, final))
         if (final / "manifest.json").is_file():
             manifest = json.loads((final / "manifest.json").read_text())
             os.utime(final)
             _write_pointer(root, version)
             _prune(root, cfg.keep_versions)
+            if store is not None:
+                store.publish("index", version, final)  # built before the store was configured
             return IndexBuild(version, final, manifest["num_chunks"], True, time.perf_counter() - start,
                               reused_vectors=manifest["num_chunks"], faiss_type=faiss_type(manifest),
-                              ann_recall=manifest.get("ann_recall_at_k"))
+                              ann_recall=manifest.get("ann_recall_at_k"), fetched=fetched, waited_s=waited)
 
         _check_chunk_length(cfg)
         chunks = chunk_documents(documents, cfg.chunking, embedder(cfg).tokenizer)
         if chunks.empty:
             raise IndexBuildError("no chunks: every document is empty")
-        stored = _stored_vectors(root, embedding_model_key(model_dir))
+        stored = _stored_vectors(root, weights_key(model_dir))
         vectors, embedded = _assemble_vectors(chunks, stored, cfg)
         kind = choose_type(len(vectors), cfg.faiss)
         index = build_faiss(vectors, kind, cfg.faiss)
@@ -185,7 +181,7 @@ def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
             ann_recall = recall_vs_exact(index, vectors, queries, cfg.faiss.recall_k)
         manifest = {
             "version": version, "documents_fingerprint": fingerprint, "embedding_model": model_dir,
-            "embedding_model_key": embedding_model_key(model_dir), "chunking": cfg.chunking.model_dump(),
+            "embedding_model_key": weights_key(model_dir), "chunking": cfg.chunking.model_dump(),
             "faiss": {"type": kind, **cfg.faiss.model_dump(exclude={"type"})},
             "dim": int(vectors.shape[1]), "num_chunks": len(chunks), "num_documents": int(documents.shape[0]),
             "embedded": embedded, "reused_vectors": int(chunks["content_hash"].isin(stored.keys()).sum()),
@@ -197,8 +193,10 @@ def build_index(documents: pd.DataFrame, fingerprint: str, cfg: IndexConfig,
         _write_version(root, version, index, chunks, vectors, manifest)
         _write_pointer(root, version)
         _prune(root, cfg.keep_versions)
+        if store is not None:
+            store.publish("index", version, final)
     return IndexBuild(version, final, len(chunks), False, time.perf_counter() - start, embedded,
-                      manifest["reused_vectors"], manifest["removed"], kind, ann_recall)
+                      manifest["reused_vectors"], manifest["removed"], kind, ann_recall, waited_s=waited)
 
 
 def _write_version(root: Path, version: str, index, chunks: pd.DataFrame, vectors: np.ndarray,
@@ -257,12 +255,12 @@ class IndexReport:
 
 
 def refresh_index(documents: pd.DataFrame, cfg: IndexConfig, validation_qa: pd.DataFrame, test_qa: pd.DataFrame,
-                  cache_root: Path) -> IndexReport:
+                  cache_root: Path, store: ArtifactStore | None = None) -> IndexReport:
     """The index stage: build or reuse the index of the documents (made CURRENT; keyed by the documents alone,
     so a QA edit keeps it), then measure retrieval of the gold documents (reused when this index version was
     measured on the same questions before)."""
     build = build_index(documents, fingerprint_documents(documents), cfg,
-                        recall_queries=validation_qa["question"].tolist())
+                        recall_queries=validation_qa["question"].tolist(), store=store)
     ks = sorted({*cfg.eval_k, cfg.top_k})
     cache = StageCache(cache_root, "retrieval")
     key = stage_key(index=build.version, search=cfg.model_dump(mode="json", exclude={"root"}), ks=ks,
@@ -284,6 +282,7 @@ def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> Run
         counts[f"ann_recall_at_{cfg.faiss.recall_k}"] = build.ann_recall
     return RunRecord(
         tags={"index_version": build.version, "data_fingerprint": fingerprint, "reused": str(build.reused),
+              "fetched": str(build.fetched),
               "faiss_type": build.faiss_type},
         params={"chunking": cfg.chunking.strategy, "max_tokens": cfg.chunking.max_tokens,
                 "overlap_tokens": cfg.chunking.overlap_tokens, "faiss_type": build.faiss_type, "top_k": cfg.top_k,
@@ -295,7 +294,9 @@ def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> Run
 
 def index_summary(report: IndexReport, cfg: IndexConfig) -> str:
     build, k, nan = report.build, cfg.top_k, float("nan")
-    return (f"index {build.version} ({'reused' if build.reused else 'built'}, {build.faiss_type}): "
+    how = "fetched from the shared store" if build.fetched else "reused" if build.reused else "built"
+    waited = f", after waiting {build.waited_s:.0f} s for another run" if build.waited_s >= 1 else ""
+    return (f"index {build.version} ({how}{waited}, {build.faiss_type}): "
             f"{build.num_chunks} chunks, {build.embedded} embedded, {build.reused_vectors} reused, "
             f"{build.removed} removed; validation recall@{k} {report.quality.get(f'val_recall_at_{k}', nan):.3f}, "
             f"ndcg@{k} {report.quality.get(f'val_ndcg_at_{k}', nan):.3f}")

@@ -21,10 +21,25 @@ from functools import lru_cache
 from pathlib import Path
 
 from tasks.atomic import atomic_directory
+from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
 from tasks.settings import ModelSource
 
 log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=8)
+def weights_key(model_dir: str) -> str:
+    """Identity of a model directory's weights and configuration, the same on every machine (its path is not):
+    stored vectors, index versions and adapters are reusable only under the same key."""
+    h = hashlib.sha256()
+    for path in sorted(Path(model_dir).rglob("*")):
+        if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt"}:
+            h.update(path.relative_to(model_dir).as_posix().encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 class ModelSourceError(RuntimeError):
@@ -122,7 +137,9 @@ def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
         raise ModelSourceError(f"GGUF file {gguf} not found for model source {source.describe()}")
     target = Path(cache_dir) / f"{Path(source.gguf_file).stem}-{_file_hash(gguf)}"
     if not (target / "config.json").is_file():
-        _convert_gguf(directory, source.gguf_file, target)
+        with exclusive(lock_name("model", target.name), Path(cache_dir) / ".locks"):  # runs side by side convert once
+            if not (target / "config.json").is_file():
+                _convert_gguf(directory, source.gguf_file, target)
     return str(target)
 
 

@@ -30,6 +30,7 @@ from tasks.candidates import CandidateBundle
 from tasks.champion import Decision, decide, per_question_scores, pick_challenger
 from tasks.data_loading import Dataset
 from tasks.evaluation import CandidateOutcome, evaluate_candidate, evaluation_questions
+from tasks.exclusive import exclusive, lock_name
 from tasks.metrics import bootstrap_ci
 from tasks.models import embedding_model_dir
 from tasks.records import RunRecord
@@ -203,6 +204,11 @@ def _standing(cfg: PipelineConfig, decision: Decision, per_question: pd.DataFram
 def promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineConfig) -> Promotion:
     """Decide on this run's candidates against the current champion; register the challenger (once: the
     registration is not idempotent, so the stage is never retried) and move the aliases."""
+    with exclusive(lock_name("registry", cfg.champion.model_name), cfg.cache_root / ".locks"):
+        return _promote(outcomes, dataset, cfg)  # a concurrent run decides after this one, against its result
+
+
+def _promote(outcomes: list[CandidateOutcome], dataset: Dataset, cfg: PipelineConfig) -> Promotion:
     by_name = {o.report.name: o for o in outcomes}
     metrics = {n: o.report.metrics for n, o in by_name.items()}
     challenger = pick_challenger(metrics, cfg.champion)

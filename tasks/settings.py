@@ -17,6 +17,7 @@ from tasks.candidates import CANDIDATES
 from tasks.config_base import ConfigError, Strict
 from tasks.gateway_settings import GatewayConfig
 from tasks.index_settings import IndexConfig
+from tasks.scale_settings import ScaleConfig
 from tasks.schema import SPLITS
 
 
@@ -320,6 +321,7 @@ class PipelineConfig(Strict):
     mlflow: MlflowConfig = MlflowConfig()
     gateway: GatewayConfig = GatewayConfig()
     ab: ABConfig = ABConfig()
+    scale: ScaleConfig = ScaleConfig()
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

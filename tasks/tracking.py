@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from tasks.data_loading import Dataset
 from tasks.records import RunRecord
@@ -31,8 +32,12 @@ def setup_tracking(cfg: MlflowConfig) -> str:
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = None if "://" in uri and not uri.startswith("sqlite") else Path(cfg.artifact_location).resolve()
-        mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None,
-                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None,
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except MlflowException as err:  # another run created it in the meantime
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     if EXPERIMENT_KIND_TAG not in mlflow.set_experiment(cfg.experiment).tags:  # made by an older ragtune
         mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return uri

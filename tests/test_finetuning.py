@@ -236,3 +236,12 @@ def test_closed_book_adapter_is_keyed_by_its_train_and_validation_questions_only
     edited_train = qa.assign(answer=[["215 kg"], ["8 am"], ["8 am"]])
     retrained = train(docs, edited_train)
     assert not retrained.reused and retrained.adapter_dir != first.adapter_dir
+
+
+def test_adapter_key_names_the_base_weights_not_their_path(tiny_model_dir, tmp_path):
+    """Another machine (or working directory) holds the same base model elsewhere: the key must not change."""
+    import shutil
+
+    elsewhere = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
+    key = finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), GEN, 13, CPU)
+    assert finetuning.adapter_key("raft", str(elsewhere), "fp", "idx", FinetuneConfig(), GEN, 13, CPU) == key

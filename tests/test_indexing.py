@@ -7,7 +7,7 @@ import pytest
 from tasks import indexing, retrieval
 from tasks.chunking import chunk_documents, paragraph_spans, token_windows
 from tasks.index_settings import ChunkingConfig, FaissConfig, IndexConfig
-from tasks.models import embedding_model_dir
+from tasks.models import embedding_model_dir, weights_key
 
 DOCS = pd.DataFrame({
     "doc_id": ["d1", "d2", "d3"],
@@ -87,7 +87,7 @@ def test_build_search_and_manifest_matches_fingerprint(tmp_path):
     assert manifest["documents_fingerprint"] == "fp1" and manifest["version"] == build.version
     assert manifest["num_chunks"] == retriever.index.ntotal == len(pd.read_parquet(build.path / "chunks.parquet"))
     assert manifest["faiss"]["type"] == "flat" and manifest["chunking"]["max_tokens"] == 32
-    assert manifest["embedding_model_key"] == indexing.embedding_model_key(str(embedding_model_dir(cfg)))
+    assert manifest["embedding_model_key"] == weights_key(str(embedding_model_dir(cfg)))
 
 
 def test_no_change_rebuild_embeds_nothing(tmp_path, embed_calls):
