@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test lint ui clean
 
 setup: $(STAMP)
+	@bash scripts/ensure_postgres.sh
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
