@@ -275,17 +275,27 @@ def tracking_server(
 
 @app.command()
 def deploy(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
-                                                      "(default: each one's config in prefect.yaml).")] = None) -> None:
+                                                      "(default: each one's config in prefect.yaml).")] = None,
+           pool_type: Annotated[str | None, typer.Option(help="docker or kubernetes: run the deployments in "
+                                                         "containers of --image on a pool of that type.")] = None,
+           pool: Annotated[str | None, typer.Option(help="Container work pool (default: ragtune-<type>).")] = None,
+           image: Annotated[str | None, typer.Option(help="Image for a container pool (default: "
+                                                     "deploy/job_variables.yaml's, ragtune:latest).")] = None) -> None:
     """Create prefect.yaml's deployments on the Prefect server for the process work pool (created if missing),
-    non-interactively, with this directory as their working directory; then run `ragtune worker`."""
+    non-interactively, with this directory as their working directory; then run `ragtune worker`. With
+    --pool-type docker|kubernetes they run in containers of the project image instead (see the README)."""
     _need_prefect_server()
+    from flows.container_pools import POOL_TYPES
     from flows.deployments import deploy as prefect_deploy
     from tasks.settings import load_config
 
+    if pool_type is not None and pool_type not in POOL_TYPES:
+        console.print(f"[bold red]error:[/] --pool-type {pool_type}: use one of {', '.join(POOL_TYPES)}")
+        raise typer.Exit(2)
     if config is not None:
         _run(load_config, config)
     try:
-        prefect_deploy(config)
+        prefect_deploy(config, pool_type=pool_type, pool=pool, image=image)
     except subprocess.CalledProcessError as err:
         console.print(f"[bold red]error:[/] `{' '.join(err.cmd[2:])}` failed (exit {err.returncode}); see above")
         raise typer.Exit(1) from None

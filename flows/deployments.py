@@ -20,6 +20,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import load_flow_from_entrypoint
 
+from flows.container_pools import prefect_yaml_for_pool
 from tasks.offline import OFFLINE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,21 +79,29 @@ def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 
 
-def ensure_work_pool(pool: str) -> None:
-    """Create the process work pool if the server does not have it."""
+def ensure_work_pool(pool: str, pool_type: str = "process") -> None:
+    """Create the work pool if the server does not have it."""
     inspect = subprocess.run(_prefect("work-pool", "inspect", pool), env=prefect_env(), capture_output=True,
                              text=True, check=False)
     if inspect.returncode != 0:
-        subprocess.run(_prefect("work-pool", "create", pool, "--type", "process"), env=prefect_env(), check=True)
+        subprocess.run(_prefect("work-pool", "create", pool, "--type", pool_type), env=prefect_env(), check=True)
 
 
-def deploy(config: str | None = None, path: Path = PREFECT_YAML) -> None:
+def deploy(config: str | None = None, path: Path = PREFECT_YAML, pool_type: str | None = None,
+           pool: str | None = None, image: str | None = None) -> None:
     """`prefect deploy --all --no-prompt` from the project root (recorded as the flows' working directory),
-    on a copy of prefect.yaml whose deployments all run `config` when one is given."""
-    ensure_work_pool(work_pool(path))
+    on a copy of prefect.yaml whose deployments all run `config` when one is given. With `pool_type` docker or
+    kubernetes, the deployments run on that container pool (`pool`, default ragtune-<type>) from `image`, with
+    deploy/job_variables.yaml's variables and the image's working directory (flows.container_pools)."""
     raw = yaml.safe_load(Path(path).read_text())
     for spec in raw["deployments"]:
         spec["parameters"] = _parameters(spec, config, served=False)
+    if pool_type is not None:
+        pool = pool or f"ragtune-{pool_type}"
+        raw = prefect_yaml_for_pool(raw, pool_type, pool, image)
+        ensure_work_pool(pool, pool_type)
+    else:
+        ensure_work_pool(work_pool(path))
     with tempfile.TemporaryDirectory() as tmp:
         prefect_file = Path(tmp) / "prefect.yaml"
         prefect_file.write_text(yaml.safe_dump(raw, sort_keys=False))

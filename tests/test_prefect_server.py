@@ -208,3 +208,20 @@ def test_deployed_flows_run_on_demand_on_schedule_and_on_data_change(deployed, c
     _final(client, triggered[0].id, project)
     assert len(_runs(client, retrain.id, auto_scheduled=False)) == 2
     assert any("data changed" in _logs(client, r.id) for r in _runs(client, trigger.id))
+
+
+def test_deploy_to_a_container_pool_gives_the_image_its_variables_and_working_directory(server, client):
+    """What can be checked without a container engine: the pool, and the deployments a container worker would run."""
+    done = subprocess.run([*RAGTUNE, "deploy", "--config", "configs/ci.yaml", "--pool-type", "kubernetes", "--pool",
+                           "ragtune-k8s", "--image", "registry.example/ragtune:1"], cwd=ROOT, env=server,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert client.read_work_pool("ragtune-k8s").type == "kubernetes"
+    deployments = {d.name: d for d in client.read_deployments() if d.work_pool_name == "ragtune-k8s"}
+    assert {"nightly-retrain", "data-change-trigger", "daily-ab-report"} <= set(deployments)
+    retrain = deployments["nightly-retrain"]
+    assert retrain.job_variables["image"] == "registry.example/ragtune:1"
+    assert retrain.job_variables["namespace"] == "ragtune"
+    assert retrain.job_variables["env"]["HF_HUB_OFFLINE"] == "1"
+    assert retrain.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
+    assert retrain.parameters["config"] == "configs/ci.yaml"
