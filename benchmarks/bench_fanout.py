@@ -84,15 +84,16 @@ class PeakMemory:
         return report
 
 
-def _results(config: Path) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+def _results(config: Path, log: Path) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """The parent run's candidate table, the adapters' held-out losses, and each stage's seconds."""
-    import mlflow
     from mlflow import MlflowClient
 
     raw = yaml.safe_load(config.read_text())
-    mlflow.set_tracking_uri(raw["mlflow"]["tracking_uri"])
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=raw["mlflow"]["tracking_uri"])
     experiment = client.get_experiment_by_name(raw["mlflow"]["experiment"])
+    if experiment is None:
+        raise SystemExit(f"no experiment {raw['mlflow']['experiment']} in {raw['mlflow']['tracking_uri']}:\n"
+                         f"{log.read_text()[-3000:]}")
     parent = client.search_runs([experiment.experiment_id], "tags.`ragtune.flow` = 'retrain'")[0]
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     table = {k: v for k, v in parent.data.metrics.items() if "." in k and not any(p in k for p in RUNTIME_METRICS)}
@@ -125,15 +126,16 @@ def main() -> None:
             work.mkdir()
             config = _config(ROOT / args.config, ROOT / args.data, work, dask)
             start = time.perf_counter()
+            env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the config's store
             process = subprocess.Popen([sys.executable, "-m", "flows", "run", "--config", str(config)], cwd=ROOT,
-                                       stdout=(work / "run.log").open("w"), stderr=subprocess.STDOUT)
+                                       env=env, stdout=(work / "run.log").open("w"), stderr=subprocess.STDOUT)
             memory = PeakMemory(process.pid)
             code = process.wait()
             wall = time.perf_counter() - start
             peaks = memory.stop()
             if code != 0:
                 raise SystemExit(f"{label} failed:\n{(work / 'run.log').read_text()[-3000:]}")
-            table, losses, seconds = _results(config)
+            table, losses, seconds = _results(config, work / "run.log")
             if baseline is None:
                 baseline = (wall, table, losses, seconds)
             rows.append((label, wall, peaks, table == baseline[1], losses == baseline[2], losses))

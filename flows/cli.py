@@ -245,13 +245,16 @@ def _need_prefect_server() -> None:
 
 
 @app.command()
-def server(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
-    """Start a Prefect server on 127.0.0.1 with telemetry and promotional content off (UI at /)."""
+def server(port: Annotated[int, typer.Option(help="Port.")] = 4200,
+           host: Annotated[str, typer.Option(help="Interface to bind: loopback unless workers on other machines "
+                                             "must reach it (then a private address).")] = "127.0.0.1") -> None:
+    """Start a Prefect server with telemetry and promotional content off (UI at /). Its database is SQLite
+    under PREFECT_HOME unless PREFECT_API_DATABASE_CONNECTION_URL names another (e.g. PostgreSQL)."""
     from flows.deployments import server_command
 
-    console.print(f"Prefect UI at http://127.0.0.1:{port}; in other terminals: "
-                  f"export PREFECT_API_URL=http://127.0.0.1:{port}/api")
-    command, env = server_command(port)
+    console.print(f"Prefect UI at http://{host}:{port}; in other terminals: "
+                  f"export PREFECT_API_URL=http://{host}:{port}/api")
+    command, env = server_command(port, host)
     os.execve(command[0], command, env)  # the server is this process: a signal to it stops the server
 
 
@@ -261,15 +264,16 @@ def tracking_server(
                                                         "postgresql://ragtune@127.0.0.1:5432/mlflow.")],
         artifacts_destination: Annotated[str, typer.Option(help="Where the server keeps artifacts: a path, "
                                                             "s3://bucket/prefix, ...")],
-        port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+        port: Annotated[int, typer.Option(help="Port.")] = 5000,
+        host: Annotated[str, typer.Option(help="Interface to bind: loopback unless other machines must reach it "
+                                          "(then a private address).")] = "127.0.0.1",
         workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2) -> None:
-    """Start an MLflow tracking server on 127.0.0.1 that also serves the artifacts, with telemetry off. Point
+    """Start an MLflow tracking server that also serves the artifacts, with telemetry off. Point
     every machine at it: export MLFLOW_TRACKING_URI=http://<host>:<port> (or mlflow.tracking_uri in the config)."""
     from flows.engines import tracking_server_command
 
-    console.print(f"MLflow at http://127.0.0.1:{port}; on every machine: "
-                  f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}")
-    command, env = tracking_server_command(backend_store_uri, artifacts_destination, port, workers=workers)
+    console.print(f"MLflow at http://{host}:{port}; on every machine: export MLFLOW_TRACKING_URI=http://{host}:{port}")
+    command, env = tracking_server_command(backend_store_uri, artifacts_destination, port, host, workers)
     os.execve(command[0], command, env)
 
 

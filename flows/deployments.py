@@ -109,12 +109,12 @@ def deploy(config: str | None = None, path: Path = PREFECT_YAML, pool_type: str 
                        cwd=Path(path).resolve().parent, env=prefect_env(), check=True)
 
 
-def server_command(port: int) -> tuple[list[str], dict[str, str]]:
-    """`prefect server start` on 127.0.0.1:`port`, and its environment: the offline switches, and the API
+def server_command(port: int, host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
+    """`prefect server start` on `host`:`port`, and its environment: the offline switches, and the API
     address the UI calls (Prefect's UI keeps calling port 4200 unless told otherwise)."""
-    env = {**prefect_env(), "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_SERVER_UI_API_URL": f"http://127.0.0.1:{port}/api"}
-    return _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)), env
+    env = {**prefect_env(), "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_SERVER_UI_API_URL": f"http://{host}:{port}/api"}
+    return _prefect("server", "start", "--host", host, "--port", str(port)), env
 
 
 def worker_command(pool: str, limit: int | None = None) -> list[str]:

@@ -43,30 +43,41 @@ class ArtifactStore:
         return any(Path(f.path).name == MARKER for f in self._repository().list_artifacts(f"{kind}/{key}"))
 
     def publish(self, kind: str, key: str, directory: Path) -> bool:
-        """Upload `directory` as `kind/key` unless the store has it; True if this call uploaded it."""
-        if self.has(kind, key):
+        """Upload `directory` as `kind/key` unless the store has it; True if this call uploaded it. A store that
+        cannot be reached costs other machines a rebuild, not this run: it is logged, not raised."""
+        try:
+            if self.has(kind, key):
+                return False
+            repository = self._repository()
+            repository.log_artifacts(str(directory), f"{kind}/{key}")
+            with tempfile.TemporaryDirectory() as tmp:
+                marker = Path(tmp) / MARKER
+                marker.write_text(json.dumps({"key": key, "host": socket.gethostname(),
+                                              "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+                repository.log_artifact(str(marker), f"{kind}/{key}")
+        except Exception as err:  # noqa: BLE001 - any transport's failure; the local result stands
+            log.warning("could not publish %s %s to %s (%s): other machines will build it themselves", kind, key,
+                        self.uri, err)
             return False
-        repository = self._repository()
-        repository.log_artifacts(str(directory), f"{kind}/{key}")
-        with tempfile.TemporaryDirectory() as tmp:
-            marker = Path(tmp) / MARKER
-            marker.write_text(json.dumps({"key": key, "host": socket.gethostname(),
-                                          "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
-            repository.log_artifact(str(marker), f"{kind}/{key}")
         log.info("published %s %s to %s", kind, key, self.uri)
         return True
 
     def fetch(self, kind: str, key: str, target: Path) -> bool:
-        """Download `kind/key` to `target` (written completely or not at all); False if the store lacks it."""
-        if not self.has(kind, key):
-            return False
+        """Download `kind/key` to `target` (written completely or not at all); False if the store lacks it or
+        cannot be reached (then the stage builds it here)."""
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=Path(target).parent) as tmp, \
-                atomic_directory(target) as staging:
-            downloaded = Path(self._repository().download_artifacts(f"{kind}/{key}", dst_path=tmp))
-            for item in downloaded.iterdir():
-                if item.name != MARKER:
-                    shutil.move(str(item), staging / item.name)
+        try:
+            if not self.has(kind, key):
+                return False
+            with tempfile.TemporaryDirectory(prefix=".fetch-", dir=Path(target).parent) as tmp, \
+                    atomic_directory(target) as staging:
+                downloaded = Path(self._repository().download_artifacts(f"{kind}/{key}", dst_path=tmp))
+                for item in downloaded.iterdir():
+                    if item.name != MARKER:
+                        shutil.move(str(item), staging / item.name)
+        except Exception as err:  # noqa: BLE001 - any transport's failure; building here is always possible
+            log.warning("could not fetch %s %s from %s (%s): building it here", kind, key, self.uri, err)
+            return False
         log.info("fetched %s %s from %s", kind, key, self.uri)
         return True
 

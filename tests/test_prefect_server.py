@@ -6,16 +6,11 @@ retraining after a document changes and not before. Both servers' processes are 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,70 +19,29 @@ import requests
 import yaml
 
 from tests.conftest import ROOT
+from tests.servers import (
+    RAGTUNE,
+    final_state,
+    flow_logs,
+    prefect_client,
+    prefect_server,
+    start,
+    stop,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
-RAGTUNE = [sys.executable, "-m", "flows"]
 RUN_TIMEOUT_S = 420  # a cold CI-config retraining takes ~90 s alone; the machine may be busy
-FAST_LOOPS = {  # the server schedules and the worker polls every few seconds instead of every minute
-    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-    "PREFECT_WORKER_QUERY_SECONDS": "2",
-    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process started in its own session, then anything it started that is still there."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     """`ragtune server` on a free port with its own PREFECT_HOME; yields the environment that points at it."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {**os.environ, **FAST_LOOPS, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen([*RAGTUNE, "server", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait("the Prefect server", lambda: process.poll() is not None or _healthy(env["PREFECT_API_URL"]), 180)
-        assert process.poll() is None, (home / "server.log").read_text()[-3000:]
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
+        port = env["PREFECT_API_URL"].split(":")[-1].split("/")[0]
         ui = requests.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
         assert ui["api_url"] == env["PREFECT_API_URL"]  # the UI calls this server, not the default port
         yield env
-    finally:
-        _stop(process)
-        log.close()
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return requests.get(f"{api}/health", timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -113,22 +67,16 @@ def deployed(server, project) -> Iterator[dict[str, str]]:
     done = subprocess.run([*RAGTUNE, "deploy", "--config", str(project / "config.yaml")], cwd=ROOT, env=server,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    log = (project / "worker.log").open("w")
-    worker = subprocess.Popen([*RAGTUNE, "worker"], cwd=ROOT, env=server, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    worker = start([*RAGTUNE, "worker"], project / "worker.log", server)
     try:
         yield server
     finally:
-        _stop(worker)
-        log.close()
+        stop(worker)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}), get_client(sync_client=True) as c:
+    with prefect_client(server) as c:
         yield c
 
 
@@ -140,24 +88,12 @@ def _runs(client, deployment_id, **where):
 
 
 def _final(client, run_id, project: Path):
-    def done():
-        run = client.read_flow_run(run_id)
-        return run if run.state is not None and run.state.is_final() else None
-
-    run = _wait(f"flow run {run_id} to finish", done, RUN_TIMEOUT_S, every_s=3)
-    assert run.state.is_completed(), f"{run.name}: {run.state}\n{(project / 'worker.log').read_text()[-4000:]}"
-    return run
+    return final_state(client, run_id, RUN_TIMEOUT_S, project / "worker.log")
 
 
 def _completed_since(client, deployment_id, since: float) -> list:
     return [r for r in _runs(client, deployment_id) if r.state is not None and r.state.is_completed()
             and r.start_time is not None and r.start_time.timestamp() > since]
-
-
-def _logs(client, run_id) -> str:
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    return "\n".join(log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
 
 
 def _only_schedule(client, deployment_id, seconds: int) -> None:
@@ -182,19 +118,19 @@ def test_deployed_flows_run_on_demand_on_schedule_and_on_data_change(deployed, c
     # (a) a manual run completes
     manual = client.create_flow_run_from_deployment(retrain.id)
     _final(client, manual.id, project)
-    assert "nothing changed" not in _logs(client, manual.id)  # a cold run: every stage computed
+    assert "nothing changed" not in flow_logs(client, manual.id)  # a cold run: every stage computed
 
     # (b) a short-interval schedule fires and the run it scheduled completes
     _only_schedule(client, refresh.id, 10)
-    scheduled = _wait("a scheduled index-refresh run", lambda: _runs(client, refresh.id, auto_scheduled=True), 60)
+    scheduled = wait_for("a scheduled index-refresh run", lambda: _runs(client, refresh.id, auto_scheduled=True), 60)
     _final(client, scheduled[-1].id, project)
     _only_schedule(client, refresh.id, 0)
 
     # (c) the data-change trigger: checks that see unchanged data start nothing...
     _only_schedule(client, trigger.id, 10)
     started_after = time.time()
-    checks = _wait("two completed data checks", lambda: _completed_since(client, trigger.id, started_after)[1:], 180)
-    assert all("data unchanged" in _logs(client, r.id) for r in checks), [_logs(client, r.id) for r in checks]
+    checks = wait_for("two completed data checks", lambda: _completed_since(client, trigger.id, started_after)[1:], 180)
+    assert all("data unchanged" in flow_logs(client, r.id) for r in checks), [flow_logs(client, r.id) for r in checks]
     assert len(_runs(client, retrain.id, auto_scheduled=False)) == 1  # the nightly cron's runs are days ahead
 
     # ...and after a document changes, one check starts the retraining, which completes
@@ -202,12 +138,12 @@ def test_deployed_flows_run_on_demand_on_schedule_and_on_data_change(deployed, c
     rows = [json.loads(line) for line in docs.read_text().splitlines()]
     rows[5]["text"] += " This section was reviewed in November 2026."
     docs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    triggered = _wait("the retraining the trigger starts", lambda: [
+    triggered = wait_for("the retraining the trigger starts", lambda: [
         r for r in _runs(client, retrain.id, auto_scheduled=False) if r.id != manual.id], 180)
     _only_schedule(client, trigger.id, 0)
     _final(client, triggered[0].id, project)
     assert len(_runs(client, retrain.id, auto_scheduled=False)) == 2
-    assert any("data changed" in _logs(client, r.id) for r in _runs(client, trigger.id))
+    assert any("data changed" in flow_logs(client, r.id) for r in _runs(client, trigger.id))
 
 
 def test_deploy_to_a_container_pool_gives_the_image_its_variables_and_working_directory(server, client):

