@@ -6,7 +6,8 @@ process workers (`ragtune worker --limit 1`).
    and each adapter trained once (the other run waited and reused), and one model version is registered.
 2. A second working directory that shares nothing with the first but the servers runs the pipeline with
    the Dask fan-out: it fetches the index and the adapters from the tracking server's artifact store
-   instead of rebuilding them, and its candidate table equals the sequential one.
+   instead of rebuilding them, its candidate table equals the sequential one, and it answers with the
+   champion registered through the tracking server.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tasks.artifact_store import SERVED_STORE, ArtifactStore
 from tests.conftest import ROOT
 from tests.postgres import postgres_server
 from tests.servers import (
@@ -133,3 +135,10 @@ def test_two_workers_one_registry_and_a_second_machine_that_fetches(engines, tmp
     trained_there = {p.name for p in (first.parent / "adapters").iterdir() if not p.name.startswith(".")}
     assert trained_here == trained_there  # the same content keys on both machines
     assert _candidate_table(fetched) == sequential  # the Dask fan-out scores exactly as the sequential path
+    store = ArtifactStore(SERVED_STORE)
+    assert store.has("index", children["index"].data.tags["index_version"])
+    assert all(store.has("adapters", key) for key in trained_there)
+
+    answer = subprocess.run([*RAGTUNE, "ask", "When does the Kellsport office open?", "--config", str(second)],
+                            cwd=ROOT, env=engines, capture_output=True, text=True, timeout=300, check=False)
+    assert answer.returncode == 0 and "sources:" in answer.stdout, answer.stdout[-2000:] + answer.stderr[-2000:]
