@@ -2,82 +2,23 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import subprocess
 import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from tasks.offline import enable_offline_mode
-
-enable_offline_mode()
-
-app = typer.Typer(help="ragtune: finetune an SLM, use RAG, or both? Measured on your data, tracked in MLflow.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-# Piped output (logs, CI) gets a width that fits the candidate table instead of rich's 80 columns.
-console = Console() if sys.stdout.isatty() else Console(width=160)
-
-ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="YAML config (see configs/).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key, e.g. finetune.epochs=2.")]
-DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Data path (dir, SQuAD .json or HF dir).")]
-DEFAULT_CONFIG = "configs/default.yaml"  # the same default as flows.pipeline (not imported: it loads Prefect)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from tasks.data_loading import DataLoadError
-    from tasks.indexing import IndexBuildError
-    from tasks.models import ModelSourceError
-    from tasks.settings import ConfigError
-    from tasks.validation import DataValidationError
-
-    return ConfigError, DataLoadError, DataValidationError, ModelSourceError, IndexBuildError, FileNotFoundError
-
-
-class _OneLineForUserErrors(logging.Filter):
-    """Prefect logs a failed run's exception with its traceback at the task and at the flow, and the
-    final states with the whole message. For an expected user error the CLI prints the message once
-    (below), so those records keep their first line and lose the traceback."""
-
-    def __init__(self, names: tuple[str, ...]):
-        super().__init__()
-        self.names = names
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if any(name in text for name in self.names):
-            first = text.split("\\n")[0].splitlines()[0]  # repr()s in Prefect's messages escape newlines
-            record.msg, record.args = first[:200] + " ... (the message follows below)", ()
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _quiet_user_errors() -> None:
-    names = tuple(e.__name__ for e in _user_errors())
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _OneLineForUserErrors) for f in logger.filters):
-            logger.addFilter(_OneLineForUserErrors(names))
-
-
-def _run(fn, *args, **kwargs):
-    """Call a flow; turn expected user errors into one readable message and exit code 2.
-
-    The config is checked first, so a typo fails in a second, before Prefect starts its server.
-    """
-    from tasks.settings import load_config
-
-    _quiet_user_errors()
-    try:
-        if "config" in kwargs:
-            load_config(kwargs["config"], kwargs.get("overrides"))
-        return fn(*args, **kwargs)
-    except _user_errors() as err:
-        console.print("[bold red]error:[/]", escape(str(err)))
-        raise typer.Exit(2) from None
+from flows.cli_base import (  # noqa: F401 - _OneLineForUserErrors: part of this module's interface (tests)
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    DataOpt,
+    SetOpt,
+    _OneLineForUserErrors,
+    _run,
+    app,
+    console,
+)
 
 
 @app.command()
@@ -237,102 +178,6 @@ def ask(question: str, config: ConfigOpt = DEFAULT_CONFIG,
     console.print(f"sources: {', '.join(json.loads(row['sources'])) or '(closed book)'}  ({row['latency_ms']:.0f} ms)")
 
 
-def _need_prefect_server() -> None:
-    if not os.environ.get("PREFECT_API_URL"):
-        console.print("[bold red]error:[/] PREFECT_API_URL is not set: start `ragtune server`, then "
-                      "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.")
-        raise typer.Exit(2)
-
-
-@app.command()
-def server(port: Annotated[int, typer.Option(help="Port.")] = 4200,
-           host: Annotated[str, typer.Option(help="Interface to bind: loopback unless workers on other machines "
-                                             "must reach it (then a private address).")] = "127.0.0.1") -> None:
-    """Start a Prefect server with telemetry and promotional content off (UI at /). Its database is SQLite
-    under PREFECT_HOME unless PREFECT_API_DATABASE_CONNECTION_URL names another (e.g. PostgreSQL)."""
-    from flows.deployments import server_command
-
-    console.print(f"Prefect UI at http://{host}:{port}; in other terminals: "
-                  f"export PREFECT_API_URL=http://{host}:{port}/api")
-    command, env = server_command(port, host)
-    os.execve(command[0], command, env)  # the server is this process: a signal to it stops the server
-
-
-@app.command("tracking-server")
-def tracking_server(
-        backend_store_uri: Annotated[str, typer.Option(help="Where runs, the registry and traces live, e.g. "
-                                                        "postgresql://ragtune@127.0.0.1:5432/mlflow.")],
-        artifacts_destination: Annotated[str, typer.Option(help="Where the server keeps artifacts: a path, "
-                                                            "s3://bucket/prefix, ...")],
-        port: Annotated[int, typer.Option(help="Port.")] = 5000,
-        host: Annotated[str, typer.Option(help="Interface to bind: loopback unless other machines must reach it "
-                                          "(then a private address).")] = "127.0.0.1",
-        workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2) -> None:
-    """Start an MLflow tracking server that also serves the artifacts, with telemetry off. Point
-    every machine at it: export MLFLOW_TRACKING_URI=http://<host>:<port> (or mlflow.tracking_uri in the config)."""
-    from flows.engines import tracking_server_command
-
-    console.print(f"MLflow at http://{host}:{port}; on every machine: export MLFLOW_TRACKING_URI=http://{host}:{port}")
-    command, env = tracking_server_command(backend_store_uri, artifacts_destination, port, host, workers)
-    os.execve(command[0], command, env)
-
-
-@app.command()
-def deploy(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
-                                                      "(default: each one's config in prefect.yaml).")] = None,
-           pool_type: Annotated[str | None, typer.Option(help="docker or kubernetes: run the deployments in "
-                                                         "containers of --image on a pool of that type.")] = None,
-           pool: Annotated[str | None, typer.Option(help="Container work pool (default: ragtune-<type>).")] = None,
-           image: Annotated[str | None, typer.Option(help="Image for a container pool (default: "
-                                                     "deploy/job_variables.yaml's, ragtune:latest).")] = None) -> None:
-    """Create prefect.yaml's deployments on the Prefect server for the process work pool (created if missing),
-    non-interactively, with this directory as their working directory; then run `ragtune worker`. With
-    --pool-type docker|kubernetes they run in containers of the project image instead (see the README)."""
-    _need_prefect_server()
-    from flows.container_pools import POOL_TYPES
-    from flows.deployments import deploy as prefect_deploy
-    from tasks.settings import load_config
-
-    if pool_type is not None and pool_type not in POOL_TYPES:
-        console.print(f"[bold red]error:[/] --pool-type {pool_type}: use one of {', '.join(POOL_TYPES)}")
-        raise typer.Exit(2)
-    if config is not None:
-        _run(load_config, config)
-    try:
-        prefect_deploy(config, pool_type=pool_type, pool=pool, image=image)
-    except subprocess.CalledProcessError as err:
-        console.print(f"[bold red]error:[/] `{' '.join(err.cmd[2:])}` failed (exit {err.returncode}); see above")
-        raise typer.Exit(1) from None
-
-
-@app.command()
-def worker(limit: Annotated[int | None, typer.Option(help="Flow runs this worker runs at once (default: no "
-                                                      "limit). Start one worker per machine, each with its own "
-                                                      "limit, to spread runs over machines.")] = None) -> None:
-    """Start a process worker for prefect.yaml's work pool: it runs the deployed flows, offline."""
-    _need_prefect_server()
-    from flows.deployments import prefect_env, work_pool, worker_command
-
-    command = worker_command(work_pool(), limit)
-    os.execve(command[0], command, prefect_env())
-
-
-@app.command()
-def serve(config: Annotated[str | None, typer.Option("--config", "-c", help="Config every deployment runs with "
-                                                     "(default: each one's config in prefect.yaml).")] = None) -> None:
-    """Serve prefect.yaml's deployments in-process with their schedules, as `<name>-served` (needs a Prefect
-    server; no work pool or worker)."""
-    _need_prefect_server()
-    from prefect import serve as prefect_serve
-
-    from flows.deployments import runner_deployments
-    from tasks.settings import load_config
-
-    if config is not None:
-        _run(load_config, config)
-    prefect_serve(*runner_deployments(config))
-
-
 @app.command()
 def gateway(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
             mode: Annotated[str | None, typer.Option(help="off | split | shadow (default: gateway.mode).")] = None,
@@ -395,6 +240,9 @@ def ui(config: ConfigOpt = DEFAULT_CONFIG, port: int = 5000) -> None:
     console.print(f"MLflow UI: {ui_link(f'experiments/{experiment.experiment_id}', port)}")
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                     "--port", str(port)], check=False)
+
+
+from flows import cli_engines  # noqa: E402, F401 - registers server, tracking-server, deploy, worker, serve
 
 
 def main() -> None:

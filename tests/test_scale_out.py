@@ -112,7 +112,8 @@ def test_two_workers_one_registry_and_a_second_machine_that_fetches(engines, tmp
         assert joined.count(f"finetune[{mode}] trained") == 1, joined
 
     mlflow.set_tracking_uri(engines["MLFLOW_TRACKING_URI"])
-    client = MlflowClient()
+    mlflow.set_registry_uri(engines["MLFLOW_TRACKING_URI"])  # an earlier test in this process may have set another
+    client = MlflowClient(engines["MLFLOW_TRACKING_URI"], engines["MLFLOW_TRACKING_URI"])
     versions = client.search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1, [(v.version, v.run_id) for v in versions]  # nothing registered twice
     assert client.get_model_version_by_alias(MODEL, "champion").version == versions[0].version
