@@ -2,8 +2,10 @@
 
 from pydantic import BaseModel, ConfigDict
 
+from tasks.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.errors import UserError
 from tasks.schema import DOC_COLUMNS, OPTIONAL_DOC_COLUMNS, QA_COLUMNS, REQUIRED_DOC_COLUMNS, SPLITS
 from tasks.settings import DataConfig
 from tasks.text import normalize_answer
@@ -24,7 +25,7 @@ from tasks.text import normalize_answer
 TABLE_SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 
 
-class DataLoadError(ValueError):
+class DataLoadError(UserError, ValueError):
     """The input cannot be read into the data contract; the message names file, record and rule."""
 
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import openai
 
+from tasks.errors import UserError
 from tasks.settings import EndpointConfig
 
 NO_KEY = "EMPTY"  # placeholder bearer token for servers that need none (the openai client insists on one)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(UserError, RuntimeError):
     """A request to an OpenAI-compatible endpoint failed; the message names the URL and the failure."""
 
 

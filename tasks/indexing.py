@@ -35,6 +35,7 @@ from tasks.artifact_store import ArtifactStore
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.chunking import chunk_documents
 from tasks.data_loading import fingerprint_documents, fingerprint_qa
+from tasks.errors import UserError
 from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
 from tasks.models import embedding_model_dir, weights_key
@@ -47,7 +48,7 @@ CURRENT = "CURRENT"
 FILES = ("index.faiss", "chunks.parquet", "vectors.npy", "manifest.json")
 
 
-class IndexBuildError(RuntimeError):
+class IndexBuildError(UserError, RuntimeError):
     """The index cannot be built with this configuration (the message names the key)."""
 
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tasks.atomic import atomic_directory
+from tasks.errors import UserError
 from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
 from tasks.settings import ModelSource
@@ -42,7 +43,7 @@ def weights_key(model_dir: str) -> str:
     return h.hexdigest()[:16]
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(UserError, RuntimeError):
     """The configured weights cannot be found locally."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.errors import UserError
 from tasks.offline import enable_offline_mode
 from tasks.records import RunRecord
 from tasks.schema import OPTIONAL_DOC_COLUMNS, QA_COLUMNS, REQUIRED_DOC_COLUMNS, SPLITS
@@ -75,7 +76,7 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
-class DataValidationError(Exception):
+class DataValidationError(UserError):
     """Raised when a suite fails; str() lists every failing rule with examples and names the source path."""
 
     def __init__(self, report: ValidationReport):
