@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from tasks.candidates import ADAPTER_MODES, Mode
-from tasks.prompts import build_messages, render_prompt
+from tasks.prompts import answer_token_ids, build_messages, render_prompt
 from tasks.retrieval import Retriever
 from tasks.settings import FinetuneConfig, GenerationConfig
 from tasks.text import normalize_answer
@@ -90,9 +90,13 @@ def build_examples(qa: pd.DataFrame, mode: Mode, tokenizer: PreTrainedTokenizerB
 
 
 def encode_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
-    """input_ids and labels; labels mask the prompt so the loss covers the answer (and EOS) only."""
+    """input_ids and labels; labels mask the prompt so the loss covers the answer (and EOS) only.
+
+    The prompt is rendered by tasks.prompts.render_prompt (user text already neutralised, the template's
+    control tokens kept); the answer is user text too and is neutralised by answer_token_ids.
+    """
     prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(example.answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    answer_ids = answer_token_ids(tokenizer, example.answer)
     answer_ids = answer_ids[: max_length // 2]
     prompt_ids = prompt_ids[-(max_length - len(answer_ids)):]
     return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids

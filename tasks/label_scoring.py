@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tasks.prompts import answer_token_ids
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
@@ -17,8 +19,7 @@ if TYPE_CHECKING:
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: list[str]) -> list[list[int]]:
     """Each label's answer tokens as training encodes them (label text, then EOS)."""
-    eos = tokenizer.eos_token or ""
-    return [tokenizer(label + eos, add_special_tokens=False)["input_ids"] for label in labels]
+    return [answer_token_ids(tokenizer, label) for label in labels]
 
 
 def label_scores(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],

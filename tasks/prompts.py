@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tasks.settings import GenerationConfig
+from tasks.special_tokens import control_strings, neutralize
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,11 +34,25 @@ def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
-    """Prompt text up to where the answer starts: the chat template if the tokenizer has one."""
+    """Prompt text up to where the answer starts: the chat template if the tokenizer has one.
+
+    Every message but the system prompt (configuration) carries user text (documents, passages, questions), so
+    its control-token strings are neutralised first (tasks.special_tokens): only the template's own stay tokens.
+    """
+    controls = control_strings(tokenizer)
+    messages = [m if m["role"] == "system" else {**m, "content": neutralize(m["content"], controls)}
+                for m in messages]
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     body = "\n\n".join(m["content"] for m in messages)
     return f"{_bos_prefix(tokenizer)}{body}\nAnswer:"
+
+
+def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    """An answer's tokens as the model is trained to produce them and as labels are scored: the answer text
+    (control-token strings neutralised, as in prompts) followed by EOS."""
+    text = neutralize(answer, control_strings(tokenizer)) + (tokenizer.eos_token or "")
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def clean_answer(text: str, answer_type: str = "span") -> str:
