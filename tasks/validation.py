@@ -220,6 +220,14 @@ def _qa_rules(gx: Any, qa: pd.DataFrame, cfg: ValidationConfig, doc_ids: list[st
               lambda r: f"test question {_short(r['question'], 60)} ~ train qa_id={r['closest_train_qa_id']} "
                         f"{_short(r['closest_train_question'], 60)} (similarity {r['train_similarity']:.2f})",
               "validation.near_duplicate_ratio", waivable=False),
+        _Rule(E.ExpectColumnValuesToBeBetween(column="same_answer_similarity",
+                                              max_value=cfg.near_duplicate_same_answer_ratio, strict_max=True),
+              "no test question rewords a train question with the same gold document and answer "
+              f"(similarity < {cfg.near_duplicate_same_answer_ratio})",
+              lambda r: f"test question {_short(r['question'], 60)} ~ train qa_id={r['same_answer_train_qa_id']} "
+                        f"{_short(r['same_answer_train_question'], 60)}, both doc {r['doc_id']} answer "
+                        f"{_short(r['same_answer_shared'], 40)} (similarity {r['same_answer_similarity']:.2f})",
+              "validation.near_duplicate_same_answer_ratio", waivable=False),
     ]
 
 

@@ -1,5 +1,6 @@
 """The helper columns that validation's expectations check: lengths, answer counts, whether an answer
-occurs in its gold document, and each test question's closest train question (leakage).
+occurs in its gold document, and each test question's closest train question (leakage): over all
+train questions, and over those with the same gold document and a shared answer.
 
 Cross-table rules are computed here as columns on copies of the tables, so that every rule is an
 ordinary Great Expectations expectation with counts and record ids in its result.
@@ -8,6 +9,7 @@ ordinary Great Expectations expectation with counts and record ids in its result
 from __future__ import annotations
 
 import math
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from tasks.text import normalize_answer
 
 ROW = "row"  # helper column: 0-based position of the record in its input table
 _FUZZ_BLOCK = 4_000_000  # similarity-matrix cells computed at once (float64: 32 MB)
+_PARALLEL_CELLS = 100_000  # smaller matrices are scored on one thread: starting the pool costs more
 
 
 def text_length(value: Any) -> float:
@@ -38,15 +41,20 @@ def documents_with_columns(documents: pd.DataFrame) -> pd.DataFrame:
     return docs
 
 
-def _near_duplicates(test_q: list[str], train_q: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """For each test question: best fuzz.ratio/100 against the train questions, and its index."""
+def _near_duplicates(test_q: list[str], train_q: list[str], any_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For each test question: best similarity against the train questions, and its index. The similarity is
+    fuzz.ratio/100; with `any_order` the higher of fuzz.ratio and fuzz.token_sort_ratio (reordered clauses)."""
     from rapidfuzz import fuzz, process
 
+    scorers = (fuzz.ratio, fuzz.token_sort_ratio) if any_order else (fuzz.ratio,)
     best = np.zeros(len(test_q))
     where = np.zeros(len(test_q), dtype=int)
     block = max(1, _FUZZ_BLOCK // max(1, len(train_q)))
     for start in range(0, len(test_q), block):
-        scores = process.cdist(test_q[start:start + block], train_q, scorer=fuzz.ratio, dtype=np.float64, workers=-1)
+        chunk = test_q[start:start + block]
+        workers = -1 if len(chunk) * len(train_q) >= _PARALLEL_CELLS else 1
+        scores = reduce(np.maximum, (process.cdist(chunk, train_q, scorer=scorer, dtype=np.float64, workers=workers)
+                                     for scorer in scorers))
         where[start:start + block] = scores.argmax(axis=1)
         best[start:start + block] = scores.max(axis=1) / 100
     return best, where
@@ -113,3 +121,44 @@ def _add_leakage_columns(frame: pd.DataFrame) -> None:
     frame["train_similarity"] = similarity
     frame["closest_train_qa_id"] = closest_id
     frame["closest_train_question"] = closest_q
+    if {"answer", "doc_id"} <= set(frame.columns):
+        _add_same_answer_columns(frame, norm.tolist(), ids.tolist(), train.to_numpy(), near.to_numpy())
+
+
+def _add_same_answer_columns(frame: pd.DataFrame, norm: list[str], ids: list[Any], train: np.ndarray,
+                             test: np.ndarray) -> None:
+    """Each test row's closest train question among those with the same doc_id and a shared normalised answer.
+
+    Rows are grouped by (doc_id, normalised answer) and compared only within a group, so the cost follows
+    the group sizes rather than test x train.
+    """
+    doc_ids = frame["doc_id"].tolist()
+    raw = frame["answer"].map(answer_list).tolist()
+    answers = [{normalize_answer(a) for a in ans} - {""} for ans in raw]
+    groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    for pos in np.flatnonzero(train):
+        if isinstance(doc_ids[pos], str):
+            for answer in answers[pos]:
+                groups.setdefault((doc_ids[pos], answer), ([], []))[1].append(pos)
+    for pos in np.flatnonzero(test):
+        for answer in answers[pos]:
+            if isinstance(doc_ids[pos], str) and (group := groups.get((doc_ids[pos], answer))):
+                group[0].append(pos)
+    similarity = np.full(len(frame), np.nan)
+    match = np.full(len(frame), -1)
+    shared = np.full(len(frame), None, dtype=object)
+    for (_, answer), (tests, trains) in groups.items():
+        if not tests:
+            continue
+        best, where = _near_duplicates([norm[t] for t in tests], [norm[t] for t in trains], any_order=True)
+        for pos, score, w in zip(tests, best, where, strict=True):
+            if not score <= similarity[pos]:  # also when similarity[pos] is still NaN
+                similarity[pos], match[pos] = score, trains[w]
+                shared[pos] = next(a for a in raw[pos] if normalize_answer(a) == answer)
+    found = match >= 0
+    frame["same_answer_similarity"] = similarity
+    frame["same_answer_train_qa_id"] = pd.Series([ids[m] if f else None for m, f in zip(match, found, strict=True)],
+                                                 dtype=object)
+    frame["same_answer_train_question"] = pd.Series(
+        [frame["question"].iat[m] if f else None for m, f in zip(match, found, strict=True)], dtype=object)
+    frame["same_answer_shared"] = shared
