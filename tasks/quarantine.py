@@ -72,7 +72,7 @@ def without_quarantined(dataset: Dataset, table: pd.DataFrame) -> Dataset:
     doc_rows = set(table.loc[table["table"] == "documents", "row"])
     documents = dataset.documents.drop(index=sorted(doc_rows)).reset_index(drop=True)
     qa = dataset.qa.drop(index=sorted(quarantined_qa_rows(table))).reset_index(drop=True)
-    return Dataset(documents, qa, fingerprint_tables(documents, qa), dataset.source)
+    return Dataset(documents, qa, fingerprint_tables(documents, qa), dataset.source, dataset.notes)
 
 
 def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:

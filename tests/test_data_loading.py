@@ -62,7 +62,7 @@ def test_missing_column_is_named(tmp_path):
 
 def test_bad_answer_type_names_record(tmp_path):
     write_jsonl(tmp_path / "documents.jsonl", DOCS)
-    write_jsonl(tmp_path / "qa.jsonl", [{**QA[0], "answer": 3}])
+    write_jsonl(tmp_path / "qa.jsonl", [{**QA[0], "answer": True}])  # a number is accepted (its string); a bool not
     with pytest.raises(DataLoadError, match=r"record 1 \(qa_id=q1\)"):
         load_dataset(_cfg(tmp_path))
 
@@ -120,3 +120,20 @@ def test_squad_repeated_question_lands_in_one_split(tmp_path):
     path = tmp_path / "squad.json"
     path.write_text(json.dumps({"data": [{"title": "Tesla", "paragraphs": paragraphs}]}))
     assert load_dataset(_cfg(path)).qa["split"].nunique() == 1
+
+
+def test_squad_rewordings_with_the_same_paragraph_and_answer_land_in_one_split(tmp_path):
+    """Split by question, a reworded question about the same fact goes with the original (no leak across splits);
+    questions with other answers in that paragraph are split on their own."""
+    context = "The firm employed 312 people in 2019 and opened 14 shops."
+    rewordings = [f"How many {who} did the firm employ in 2019?" for who in
+                  ("people", "staff", "workers", "employees", "persons", "hands", "clerks", "souls")]
+    qas = [{"id": f"r{i}", "question": q, "answers": [{"text": "312", "answer_start": 18}]}
+           for i, q in enumerate(rewordings)]
+    qas += [{"id": f"o{i}", "question": f"Question {i} about the shops?", "answers": [{"text": f"{i} shops"}]}
+            for i in range(40)]
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"title": "Firm", "paragraphs": [{"context": context, "qas": qas}]}]}))
+    qa = load_dataset(_cfg(path)).qa.set_index("qa_id")
+    assert qa.loc[[f"r{i}" for i in range(8)], "split"].nunique() == 1
+    assert qa.loc[[f"o{i}" for i in range(40)], "split"].nunique() == 3

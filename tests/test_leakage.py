@@ -11,6 +11,7 @@ from tasks.answer_types import infer, profile
 from tasks.data_loading import Dataset, fingerprint_tables, load_dataset
 from tasks.quarantine import validate_and_quarantine
 from tasks.settings import DataConfig, ValidationConfig, load_config
+from tasks.text import normalize_answer
 from tasks.validation import DataValidationError, ExpectationFailure, ValidationReport, ensure_valid, validate_dataset
 from tasks.validation_columns import documents_with_columns, qa_with_columns
 from tests.conftest import XQUAD
@@ -199,17 +200,19 @@ def test_the_demo_data_passes(config):
 
 
 @pytest.mark.skipif(not XQUAD.exists(), reason="shared XQuAD file absent")
-def test_xquad_split_by_question_has_three_reworded_copies_across_train_and_test():
-    """SQuAD crowdworkers sometimes asked the same thing twice about one paragraph; split by question, a few
-    of those pairs straddle train and test. Split by document, none can."""
+def test_xquad_rewordings_stay_in_one_split_whether_split_by_question_or_by_document():
+    """SQuAD crowdworkers sometimes asked the same thing twice about one paragraph ("Who did the Super Bowl 50
+    National Anthem?" / "Who did the National Anthem at Super Bowl 50?"). Split by question, the loader keeps
+    questions with the same paragraph and answer together, so none of those pairs straddles train and test."""
     cfg = ValidationConfig(near_duplicate_ratio=0.99)  # as configs/xquad.yaml
     by_question = load_dataset(DataConfig(path=XQUAD))
-    failure = _leak(validate_dataset(by_question.documents, by_question.qa, cfg, by_question.source))
-    assert sorted(by_question.qa["qa_id"].iloc[failure.rows]) == [
-        "56beb86b3aeaaa14008c92bd",  # How old was Peyton Manning when he played in Super Bowl 50? (0.91)
-        "56d9c455dc89441400fdb7c4",  # Who did the Super Bowl 50 National Anthem? (0.96, reordered)
-        "5725c337271a42140099d165",  # How much food does a ctenophora eat in a day? (0.88)
-    ]
+    report = validate_dataset(by_question.documents, by_question.qa, cfg, by_question.source)
+    assert not any(RULE in f.rule for f in report.failures)
+    qa = by_question.qa.assign(answers=by_question.qa["answer"].map(lambda a: {normalize_answer(x) for x in a}))
+    for qa_id in ("56beb86b3aeaaa14008c92bd", "56d9c455dc89441400fdb7c4", "5725c337271a42140099d165"):
+        row = qa.set_index("qa_id").loc[qa_id]  # each was a test question with a reworded train twin
+        twins = qa[(qa["doc_id"] == row["doc_id"]) & qa["answers"].map(lambda a, r=row: bool(a & r["answers"]))]
+        assert len(twins) >= 2 and twins["split"].nunique() == 1, twins[["qa_id", "question", "split"]]
     by_document = load_dataset(DataConfig(path=XQUAD, split_by="document"))
     report = validate_dataset(by_document.documents, by_document.qa, cfg, by_document.source)
     assert not any(RULE in f.rule for f in report.failures)
