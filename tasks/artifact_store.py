@@ -23,6 +23,8 @@ import mlflow
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from tasks.atomic import atomic_directory
+from tasks.errors import MissingArtifactError
+from tasks.redaction import redact
 from tasks.scale_settings import AUTO
 
 MARKER = "published.json"
@@ -57,9 +59,9 @@ class ArtifactStore:
                 repository.log_artifact(str(marker), f"{kind}/{key}")
         except Exception as err:  # noqa: BLE001 - any transport's failure; the local result stands
             log.warning("could not publish %s %s to %s (%s): other machines will build it themselves", kind, key,
-                        self.uri, err)
+                        redact(self.uri), err)
             return False
-        log.info("published %s %s to %s", kind, key, self.uri)
+        log.info("published %s %s to %s", kind, key, redact(self.uri))
         return True
 
     def fetch(self, kind: str, key: str, target: Path) -> bool:
@@ -76,9 +78,9 @@ class ArtifactStore:
                     if item.name != MARKER:
                         shutil.move(str(item), staging / item.name)
         except Exception as err:  # noqa: BLE001 - any transport's failure; building here is always possible
-            log.warning("could not fetch %s %s from %s (%s): building it here", kind, key, self.uri, err)
+            log.warning("could not fetch %s %s from %s (%s): building it here", kind, key, redact(self.uri), err)
             return False
-        log.info("fetched %s %s from %s", kind, key, self.uri)
+        log.info("fetched %s %s from %s", kind, key, redact(self.uri))
         return True
 
 
@@ -105,5 +107,5 @@ def local_copy(path: str | Path, root: Path, kind: str, store: ArtifactStore | N
             return candidate
     if store is not None and store.fetch(kind, path.name, local):
         return local
-    raise FileNotFoundError(f"{kind} {path.name} is neither at {path} nor under {root} on this machine, and no "
-                            "shared store has it (config key scale.store)")
+    raise MissingArtifactError(f"{kind} {path.name} is neither at {path} nor under {root} on this machine, and no "
+                               "shared store has it (config key scale.store)")

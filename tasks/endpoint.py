@@ -15,13 +15,18 @@ from dataclasses import dataclass
 import openai
 
 from tasks.errors import UserError
+from tasks.redaction import expand_references, has_masked_credentials, missing_references, redact
 from tasks.settings import EndpointConfig
 
 NO_KEY = "EMPTY"  # placeholder bearer token for servers that need none (the openai client insists on one)
 
 
 class EndpointError(UserError, RuntimeError):
-    """A request to an OpenAI-compatible endpoint failed; the message names the URL and the failure."""
+    """A request to an OpenAI-compatible endpoint failed; the message names the URL (credentials masked) and the
+    failure."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def _api_key(cfg: EndpointConfig) -> str:
@@ -34,15 +39,28 @@ def _api_key(cfg: EndpointConfig) -> str:
     return key
 
 
+def _base_url(cfg: EndpointConfig) -> str:
+    """The URL a client calls: `${NAME}` references in base_url expanded from the environment, here and now."""
+    if has_masked_credentials(cfg.base_url):
+        raise EndpointError(f"endpoint {cfg.base_url}: its credentials were masked when this config was saved "
+                            "(a literal credential is never persisted); write them in base_url as ${VARIABLE} "
+                            "references to environment variables set where it runs, or give the key with api_key_env")
+    missing = missing_references(cfg.base_url)
+    if missing:
+        raise EndpointError(f"endpoint {cfg.base_url}: environment variable(s) {', '.join(missing)} named in "
+                            "base_url are not set")
+    return expand_references(cfg.base_url)
+
+
 def openai_client(cfg: EndpointConfig) -> openai.OpenAI:
     """A synchronous client with the configured timeout and retries."""
-    return openai.OpenAI(base_url=cfg.base_url, api_key=_api_key(cfg), timeout=cfg.timeout_s,
+    return openai.OpenAI(base_url=_base_url(cfg), api_key=_api_key(cfg), timeout=cfg.timeout_s,
                          max_retries=cfg.max_retries)
 
 
 def async_openai_client(cfg: EndpointConfig) -> openai.AsyncOpenAI:
     """An asynchronous client (what ragas's judge drives) with the configured timeout and retries."""
-    return openai.AsyncOpenAI(base_url=cfg.base_url, api_key=_api_key(cfg), timeout=cfg.timeout_s,
+    return openai.AsyncOpenAI(base_url=_base_url(cfg), api_key=_api_key(cfg), timeout=cfg.timeout_s,
                               max_retries=cfg.max_retries)
 
 

@@ -7,7 +7,7 @@ Unknown keys are rejected, and errors name the offending key path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,7 @@ from tasks.candidates import CANDIDATES
 from tasks.config_base import ConfigError, Strict
 from tasks.gateway_settings import GatewayConfig
 from tasks.index_settings import IndexConfig
+from tasks.redaction import redact, redact_value, reveal_hidden
 from tasks.scale_settings import ScaleConfig
 from tasks.schema import SPLITS
 
@@ -52,8 +53,8 @@ class DataConfig(Strict):
     feedback_path: Path | None = Field(
         None, description="QA rows made from the gateway's corrected answers (`ragtune ab-report` writes them, "
         "JSONL); loaded into the train split only, and validated like the rest.")
-    max_questions_per_split: dict[str, int] = Field(
-        default_factory=dict, description="Optional caps, e.g. {test: 50}; the first N by qa_id hash."
+    max_questions_per_split: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Optional caps, e.g. {test: 50}; the first N by qa_id hash (at least 1)."
     )
 
     @model_validator(mode="after")
@@ -76,6 +77,10 @@ class ValidationConfig(Strict):
     near_duplicate_ratio: float = Field(
         0.92, ge=0, le=1, description="rapidfuzz ratio/100 above which a test question duplicates a train one."
     )
+    near_duplicate_same_answer_ratio: float = Field(
+        0.82, ge=0, le=1, description="Lower bar for a test question with the same gold doc_id and a shared "
+        "normalised answer as a train question: at this similarity (the higher of rapidfuzz ratio and "
+        "token_sort_ratio, /100) it is a reworded copy, i.e. leakage.")
     split_bounds: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"train": (0.5, 0.9), "validation": (0.0, 0.3), "test": (0.05, 0.4)}
     )
@@ -191,7 +196,9 @@ class FinetuneConfig(Strict):
 class EndpointConfig(Strict):
     """An OpenAI-compatible chat-completions endpoint (a larger LLM as generator, or a judge)."""
 
-    base_url: str = Field(description="API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1.")
+    base_url: str = Field(description="API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1; "
+                          "credentials as ${VAR} references (http://${USER}:${PASS}@host/v1), expanded when the "
+                          "client is created: a literal credential is never persisted, so a served model lacks it.")
     model: str = Field(description="Model name sent with each request.")
     api_key_env: str | None = Field(
         None, description="Environment variable holding the API key; None for servers that need no key."
@@ -242,7 +249,7 @@ class GenerationConfig(Strict):
 
 
 class EvaluationConfig(Strict):
-    candidates: list[str] = Field(default_factory=lambda: list(CANDIDATES),
+    candidates: list[str] = Field(default_factory=lambda: list(CANDIDATES), min_length=1,
                                   description="Candidates to evaluate, by name (declared in tasks/candidates.py).")
     price_per_hour: float = Field(0.10, ge=0, description="Compute price (USD/hour) for cost_per_1k_queries.")
     bootstrap_samples: int = Field(1000, ge=10)
@@ -289,8 +296,8 @@ class ChampionConfig(Strict):
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples of that paired bootstrap.")
     confidence_level: float = Field(0.95, gt=0, lt=1, description="Coverage of its interval of the difference.")
     require_significance: bool = Field(
-        False, description="Promote only when the challenger's gain over the champion is also significant."
-    )
+        True, description="Promote only when the challenger's gain over the champion is also significant (paired "
+        "test at significance_level), so a few lucky questions never move the champion; false: margin only.")
 
     @model_validator(mode="after")
     def _check(self) -> ChampionConfig:
@@ -326,9 +333,13 @@ class PipelineConfig(Strict):
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
+        raise ConfigError(f"override {redact(text)!r} must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {redact(text)!r}: the value is not valid YAML ({redact(str(err))})") from None
+    return key.strip().split("."), reveal_hidden(value, key.strip())
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -339,7 +350,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for depth, key in enumerate(keys[:-1]):
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is not a section")
+                raise ConfigError(f"override {redact(text)!r}: {'.'.join(keys[: depth + 1])} is not a section")
             node = child
         node[keys[-1]] = value
     return raw
@@ -350,7 +361,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         lines.append(f"  {key}: {e['msg']}")
-    return "\n".join(lines)
+    return redact("\n".join(lines))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
@@ -368,11 +379,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {redact(str(err))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     return config_from_dict(apply_overrides(raw, overrides or []), str(path))
 
 
 def config_to_yaml(cfg: PipelineConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML, with URL credentials masked (tasks.redaction): every persisted copy is this."""
+    return yaml.safe_dump(redact_value(cfg.model_dump(mode="json")), sort_keys=False)

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from tasks.data_loading import Dataset
 from tasks.records import RunRecord
+from tasks.redaction import redact, redact_value
 from tasks.settings import MlflowConfig, PipelineConfig, config_to_yaml
 
 # Read once at import: mlflow.set_tracking_uri() itself exports MLFLOW_TRACKING_URI, so a later
@@ -46,7 +47,7 @@ def setup_tracking(cfg: MlflowConfig) -> str:
 def ui_link(path: str, port: int = 5000) -> str:
     """A page of the MLflow UI, in its model-training view (MLflow 3 opens experiments on its GenAI overview)."""
     uri = mlflow.get_tracking_uri()
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    base = redact(uri.rstrip("/")) if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
     return f"{base}/#/{path}?workflowType={MODEL_TRAINING_VIEW}"
 
 
@@ -91,22 +92,22 @@ def log_figure(fig, path: str) -> None:
 
 
 def log_record(record: RunRecord) -> None:
-    """Write everything a stage recorded to the active run."""
+    """Write everything a stage recorded to the active run; URL credentials in its text are masked (tasks.redaction)."""
     if record.tags:
-        mlflow.set_tags(record.tags)
+        mlflow.set_tags(redact_value(record.tags))
     if record.params:
-        mlflow.log_params(record.params)
+        mlflow.log_params(redact_value(record.params))
     for name, points in record.series.items():
         for step, value in points:
             mlflow.log_metric(name, value, step=step)
     if record.metrics:
         mlflow.log_metrics(record.metrics)
     for path, text in record.texts.items():
-        mlflow.log_text(text, path)
+        mlflow.log_text(redact(text), path)
     for path, obj in record.dicts.items():
-        mlflow.log_dict(obj, path)
+        mlflow.log_dict(redact_value(obj), path)
     for name, table in record.tables.items():
-        log_table(table, name)
+        log_table(table.map(redact_value), name)
     for path, make in record.figures.items():
         log_figure(make(), path)
     for path, directory in record.directories.items():
