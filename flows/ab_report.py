@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.pipeline import DEFAULT_CONFIG, prepare
-from tasks import ab_promotion
+from tasks import ab_promotion, run_owner
 from tasks.tracking import FLOW_TAG, log_record, run_link
 
 
@@ -26,7 +26,8 @@ def ab_report_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = N
         apply: Move the aliases as decided (false: report only).
     """
     cfg = prepare(config, overrides, None)
-    with mlflow.start_run(run_name=f"ab-report-{time.strftime('%Y%m%d-%H%M%S')}", tags={FLOW_TAG: "ab-report"}) as run:
+    tags = {FLOW_TAG: "ab-report", **run_owner.owner_tags()}
+    with mlflow.start_run(run_name=f"ab-report-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags) as run:
         outcome = ab_promotion.run_ab_report(cfg, since_hours, apply)
         log_record(ab_promotion.ab_outcome_record(outcome, cfg))
     markdown = outcome.decision.to_markdown(cfg.ab)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_base import _need_prefect_server, _run, app, console
+from flows.cli_base import _need_prefect_server, _run, app, console, fail
 
 
 @app.command()
@@ -62,15 +62,13 @@ def deploy(config: Annotated[str | None, typer.Option("--config", "-c", help="Co
     from tasks.settings import load_config
 
     if pool_type is not None and pool_type not in POOL_TYPES:
-        console.print(f"[bold red]error:[/] --pool-type {pool_type}: use one of {', '.join(POOL_TYPES)}")
-        raise typer.Exit(2)
+        fail(f"--pool-type {pool_type}: use one of {', '.join(POOL_TYPES)}")
     if config is not None:
         _run(load_config, config)
     try:
         prefect_deploy(config, pool_type=pool_type, pool=pool, image=image)
     except subprocess.CalledProcessError as err:
-        console.print(f"[bold red]error:[/] `{' '.join(err.cmd[2:])}` failed (exit {err.returncode}); see above")
-        raise typer.Exit(1) from None
+        fail(f"`{' '.join(err.cmd[2:])}` failed (exit {err.returncode}); see above")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from functools import cached_property
 
 import mlflow
 
+from tasks import run_owner
 from tasks.artifact_store import ArtifactStore, configured_store
 from tasks.data_loading import Dataset
 from tasks.models import resolve_model_dir
@@ -50,5 +51,5 @@ class RunContext:
             mlflow.set_registry_uri(self.tracking_uri)
         experiment_id = mlflow.get_run(self.parent_run_id).info.experiment_id
         with mlflow.start_run(run_name=name, parent_run_id=self.parent_run_id, nested=True,
-                              experiment_id=experiment_id) as run:
+                              experiment_id=experiment_id, tags=run_owner.owner_tags()) as run:
             yield run

@@ -13,18 +13,22 @@ from typing import Literal
 
 import mlflow
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
-from flows import stages
+from flows import server_guard, stages
 from flows.context import RunContext
 from flows.fanout import fanout
-from tasks import candidates, changes, history, promotion
+from tasks import candidates, changes, history, promotion, run_owner
 from tasks.candidates import Mode
 from tasks.champion import Decision
+from tasks.errors import UserError
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
 from tasks.settings import PipelineConfig, load_config
 from tasks.tracking import FLOW_TAG, log_data_version, log_record, pipeline_record, setup_tracking
 from tasks.validation import ValidationReport
+
+server_guard.install()
 
 DEFAULT_CONFIG = "configs/default.yaml"
 Stage = Literal["validate", "index", "finetune", "evaluate", "promote"]
@@ -49,14 +53,28 @@ def prepare(config: str, overrides: list[str] | None, data: str | None) -> Pipel
     extra = [f"data.path={data}"] if data else []
     cfg = load_config(config, list(overrides or []) + extra)
     setup_tracking(cfg.mlflow)
+    run_owner.end_orphaned_runs(mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id)
     return cfg
 
 
 def run_pipeline(name: str, config: str, overrides: list[str] | None, data: str | None, until: Stage,
                  mode: Mode | None = None) -> PipelineResult:
-    """Run the DAG up to and including `until` (`mode`: train only that adapter) under one MLflow parent run."""
+    """Run the DAG up to and including `until` (`mode`: train only that adapter) under one MLflow parent run.
+
+    An expected error (bad data, config, model source, ...) fails the flow run with its whole message as the
+    run's `error` artifact in the Prefect UI; the MLflow parent run ends FAILED."""
+    try:
+        return _run_dag(name, config, overrides, data, until, mode)
+    except UserError as err:
+        create_markdown_artifact(key="error", description="Why this run stopped", markdown=f"```\n{err}\n```\n")
+        raise
+
+
+def _run_dag(name: str, config: str, overrides: list[str] | None, data: str | None, until: Stage,
+             mode: Mode | None) -> PipelineResult:
     cfg = prepare(config, overrides, data)
-    with mlflow.start_run(run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={FLOW_TAG: name}) as parent:
+    with mlflow.start_run(run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                          tags={FLOW_TAG: name, **run_owner.owner_tags()}) as parent:
         dataset = stages.load_data(cfg)
         cfg = stages.resolve_answer_type(cfg, dataset)
         log_record(pipeline_record(cfg, config))

@@ -29,6 +29,7 @@ from tasks import (
 )
 from tasks.candidates import Mode
 from tasks.data_loading import Dataset
+from tasks.errors import UserError
 from tasks.evaluation import CandidateOutcome
 from tasks.finetuning import TrainedAdapter
 from tasks.indexing import IndexBuild
@@ -44,7 +45,7 @@ def _retry_unless_bad_data(task, task_run, state) -> bool:
     """A read may fail for a passing reason (a network file system); data that breaks the contract will not mend."""
     try:
         state.result()
-    except data_loading.DataLoadError:
+    except UserError:
         return False
     except Exception:  # noqa: BLE001 - any other failure is worth the configured retries
         return True
@@ -55,8 +56,11 @@ def _retry_unless_bad_data(task, task_run, state) -> bool:
       retry_condition_fn=_retry_unless_bad_data, cache_policy=NO_CACHE)
 def load_data(cfg: PipelineConfig) -> Dataset:
     dataset = data_loading.load_dataset(cfg.data)
-    get_run_logger().info("loaded %s: %d documents, %d QA pairs, fingerprint %s", dataset.source,
-                          len(dataset.documents), len(dataset.qa), dataset.fingerprint)
+    logger = get_run_logger()
+    logger.info("loaded %s: %d documents, %d QA pairs, fingerprint %s", dataset.source, len(dataset.documents),
+                len(dataset.qa), dataset.fingerprint)
+    for note in dataset.notes:
+        logger.warning("%s: %s", dataset.source, note)
     return dataset
 
 
@@ -83,9 +87,6 @@ def validate(ctx: RunContext) -> Validated:
         logger.info("validation reused: this data was validated with these rules before")
     if (summary := quarantine.quarantine_summary(validated)) is not None:
         logger.warning(summary)
-    if not validated.report.success:
-        logger.error("data validation failed: %d rule(s) broken; the report is validation/report.md of the "
-                     "validate run in MLflow", len(validated.report.failures))
     validation.ensure_valid(validated.report)
     return validated
 

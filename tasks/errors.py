@@ -9,3 +9,7 @@ class UserError(Exception):
 
 class RegistryError(UserError, LookupError):
     """The model registry holds nothing ragtune may load under this name or alias."""
+
+
+class MissingArtifactError(UserError, FileNotFoundError):
+    """Something a command needs has not been built yet (an index, an adapter) or cannot be fetched."""

@@ -35,7 +35,7 @@ from tasks.artifact_store import ArtifactStore
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.chunking import chunk_documents
 from tasks.data_loading import fingerprint_documents, fingerprint_qa
-from tasks.errors import UserError
+from tasks.errors import MissingArtifactError, UserError
 from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
 from tasks.models import embedding_model_dir, weights_key
@@ -111,7 +111,7 @@ def current_version(root: Path) -> str | None:
 def current_index_dir(cfg: IndexConfig) -> Path:
     version = current_version(cfg.root)
     if version is None:
-        raise FileNotFoundError(f"no index built yet under {cfg.root} (run `ragtune index build`)")
+        raise MissingArtifactError(f"no index built yet under {cfg.root} (run `ragtune index build`)")
     return Path(cfg.root) / version
 
 

@@ -16,11 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from tasks.inspection import Inspection  # noqa: E402
 from tasks.metrics import JUDGE_METRICS  # noqa: E402
+from tasks.text import visible_controls  # noqa: E402
 
 CHART_METRICS = ("exact_match", "f1", "semantic_similarity", "groundedness")  # span answers
 
@@ -122,6 +123,12 @@ TITLES = {"exact_match": "EM", "f1": "F1", "rouge": "ROUGE-L", "accuracy": "accu
           "latency_p95_ms": "p95 ms", "ttft_p50_ms": "TTFT p50", "cost_per_1k_queries": "$/1k q"}
 
 
+def shown(text: object, style: str = "") -> Text:
+    """Text from the data or the config as the terminal shows it: never read as console markup (a doc_id of
+    `[/red]` is printed as is), control characters made visible."""
+    return Text(visible_controls(str(text)), style=style)
+
+
 def print_comparison(table: pd.DataFrame, console: Console | None = None,
                      headline: tuple[str, ...] = ("exact_match", "f1")) -> None:
     """The candidate table in the terminal (intervals for the headline metrics; all of them are in MLflow),
@@ -134,23 +141,23 @@ def print_comparison(table: pd.DataFrame, console: Console | None = None,
         out.add_column(f"{TITLES[key]} [95% CI]" if key in headline else TITLES[key], justify="right", no_wrap=True)
     absent: dict[str, str] = {}
     for row in table.to_dict(orient="records"):
-        out.add_row(row["candidate"], *[_cell(row, key, headline) for key in columns])
+        out.add_row(shown(row["candidate"]), *[_cell(row, key, headline) for key in columns])
         absent |= {key: row[key] for key in columns if isinstance(row.get(key), str)}
     console.print(out)
     for key, why in absent.items():
-        console.print(f"[dim]{key} n/a: {escape(why.removeprefix('absent: '))}[/]")
+        console.print(shown(f"{key} n/a: {why.removeprefix('absent: ')}", "dim"))
 
 
 def print_inspection(inspection: Inspection, console: Console) -> None:
     """`ragtune inspect`'s profile of a dataset and what its starter config does about it."""
     a, p = inspection.answers, inspection.answers.profile
-    console.print(f"[bold]{escape(inspection.dataset.source)}[/]: {len(inspection.dataset.documents)} documents, "
-                  f"{len(inspection.dataset.qa)} QA pairs; splits " + ", ".join(
-                      f"{s} {n}" for s, n in inspection.splits.items()))
-    console.print(f"answer type [bold]{a.answer_type}[/] ({'declared' if a.declared else 'inferred'}): "
-                  f"{escape(a.reason)}")
+    console.print(Text.assemble(shown(inspection.dataset.source, "bold"), shown(
+        f": {len(inspection.dataset.documents)} documents, {len(inspection.dataset.qa)} QA pairs; splits "
+        + ", ".join(f"{s} {n}" for s, n in inspection.splits.items()))))
+    console.print(Text.assemble("answer type ", shown(a.answer_type, "bold"),
+                                shown(f" ({'declared' if a.declared else 'inferred'}): {a.reason}")))
     if a.labels:
-        console.print("labels: " + escape(", ".join(a.labels)))
+        console.print(shown("labels: " + ", ".join(a.labels)))
     lengths = Table(title="lengths (characters)")
     for column in ("", "min", "median", "p95", "max"):
         lengths.add_column(column, justify="right")
@@ -167,11 +174,11 @@ def print_inspection(inspection: Inspection, console: Console) -> None:
         for column in ("rule", "failing", "relax with", "examples"):
             failing.add_column(column)
         for f in report.failures:
-            failing.add_row(escape(f"[{f.where}] {f.rule}"), str(f.unexpected_count), escape(f.key or "-"),
-                            escape("\n".join(f.examples[:3])))
+            failing.add_row(shown(f"[{f.where}] {f.rule}"), str(f.unexpected_count), shown(f.key or "-"),
+                            shown("\n".join(f.examples[:3])))
         console.print(failing)
     for note in inspection.notes:
-        console.print(f"• starter config: {escape(note)}")
+        console.print(shown(f"• starter config: {note}"))
 
 
 def print_history(history: pd.DataFrame, console: Console, objective: str) -> None:
@@ -183,7 +190,6 @@ def print_history(history: pd.DataFrame, console: Console, objective: str) -> No
     for row in history.itertuples(index=False):
         score = "n/a" if math.isnan(row.objective) else f"{row.objective:.3f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
         champion = f"{row.champion} v{row.version}" if row.version else row.champion
-        decision = row.decision if row.decision == "kept" else f"[bold]{row.decision} {escape(row.challenger)}[/]"
-        table.add_row(row.started, row.data_fingerprint[:8], decision, escape(champion), score,
-                      escape(row.what_changed))
+        decision = shown(row.decision) if row.decision == "kept" else shown(f"{row.decision} {row.challenger}", "bold")
+        table.add_row(row.started, row.data_fingerprint[:8], decision, shown(champion), score, shown(row.what_changed))
     console.print(table)

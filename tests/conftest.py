@@ -14,6 +14,7 @@ enable_offline_mode()
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own stores, never a developer's server
 
 ROOT = Path(__file__).resolve().parent.parent
+NETGUARD = Path(__file__).resolve().parent / "netguard"
 XQUAD = ROOT.parent / "shared" / "datasets" / "xquad_en" / "xquad.en.json"
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -24,6 +25,29 @@ TOY_TEXT = [
     "Question: When does the Kellsport office open?", "Answer with the passages below.",
     "system user assistant passages question answer", "0 1 2 3 4 5 6 7 8 9 kg am pm",
 ]
+
+
+def pytest_configure(config) -> None:
+    """The network guard (tests/netguard): here, and in every Python process a test starts."""
+    import importlib.util
+    import tempfile
+
+    log = Path(tempfile.mkdtemp(prefix="ragtune-netguard-")) / "attempts.log"
+    log.touch()
+    os.environ["RAGTUNE_NETGUARD_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+    spec = importlib.util.spec_from_file_location("ragtune_netguard", NETGUARD / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.install()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the session if any process tried to reach beyond loopback, even where the code swallowed the error."""
+    attempts = Path(os.environ["RAGTUNE_NETGUARD_LOG"]).read_text().strip()
+    if attempts:
+        print(f"\nnetwork guard: non-loopback network attempts during the tests:\n{attempts}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
