@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from flows.cli_base import (  # noqa: F401 - _OneLineForUserErrors: part of this module's interface (tests)
     DEFAULT_CONFIG,
@@ -34,7 +35,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt =
     print_comparison(pd.DataFrame(result.comparison), console, DEFAULTS[result.answer_type].headline)
     for reason in result.decision.reasons:
         console.print(f"• {reason}")
-    console.print(escape(result.what_changed))
+    console.print(result.what_changed)
     console.print(f"MLflow parent run: {result.run_id}  (data fingerprint {result.fingerprint})")
 
 
@@ -55,7 +56,8 @@ def inspect(data: Annotated[str, typer.Option("--data", "-d", help="Data path (d
     target = Path(out) if out else Path("configs") / f"{Path(inspection.config['mlflow']['experiment']).name}.yaml"
     write_config(inspection, target)
     print_inspection(inspection, console)
-    console.print(f"\nstarter config written to [bold]{target}[/]; next: [bold]ragtune run --config {target}[/]")
+    console.print(Text.assemble("\nstarter config written to ", (str(target), "bold"), "; next: ",
+                                (f"ragtune run --config {target}", "bold")))
 
 
 @app.command()
@@ -164,18 +166,15 @@ def promote(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataO
 @app.command()
 def ask(question: str, config: ConfigOpt = DEFAULT_CONFIG,
         alias: Annotated[str, typer.Option(help="Registry alias to load.")] = "champion") -> None:
-    """Answer a question with the registered model (default: the champion)."""
-    import json
-
-    import mlflow
-
+    """Answer a question with the registered model (default: the champion), built by the installed code from
+    a version that passes the registry checks (tasks.registry)."""
     from flows.pipeline import prepare
+    from tasks.registry import load_version
 
     cfg = _run(prepare, config, [], None)
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.champion.model_name}@{alias}")
-    row = model.predict({"question": question}).iloc[0]
-    console.print(f"[bold]{row['answer']}[/]")
-    console.print(f"sources: {', '.join(json.loads(row['sources'])) or '(closed book)'}  ({row['latency_ms']:.0f} ms)")
+    answer = _run(load_version, cfg.champion.model_name, alias=alias).answerer.answer([question])[0]
+    console.print(answer.text, style="bold")
+    console.print(f"sources: {', '.join(answer.sources) or '(closed book)'}  ({answer.latency_ms:.0f} ms)")
 
 
 @app.command()
@@ -207,7 +206,8 @@ def ab_report(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
     from flows.ab_report import ab_report_flow
 
     action = _run(ab_report_flow, config=config, overrides=set_ or [], since_hours=since_hours, apply=apply)
-    console.print(f"A/B decision: [bold]{action}[/] (the report is ab_decision.md of the ab-report run in MLflow)")
+    console.print(Text.assemble("A/B decision: ", (str(action), "bold"),
+                                " (the report is ab_decision.md of the ab-report run in MLflow)"))
 
 
 @app.command()
@@ -245,5 +245,12 @@ def ui(config: ConfigOpt = DEFAULT_CONFIG, port: int = 5000) -> None:
 from flows import cli_engines  # noqa: E402, F401 - registers server, tracking-server, deploy, worker, serve
 
 
+def _terminated(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    """The `ragtune` entry point. SIGTERM (`kill`, a scheduler's timeout) unwinds like Ctrl-C instead of
+    vanishing: the MLflow runs end FAILED and Prefect stops its temporary server."""
+    signal.signal(signal.SIGTERM, _terminated)
     app()

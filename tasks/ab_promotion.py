@@ -14,6 +14,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from tasks.ab_report import ABDecision, ab_record, compare_variants, decide_ab, variant_summary
+from tasks.exclusive import exclusive, lock_name
 from tasks.feedback_data import export_feedback
 from tasks.promotion import (
     CHALLENGER,
@@ -65,7 +66,10 @@ def run_ab_report(cfg: PipelineConfig, since_hours: float, apply: bool) -> ABOut
     comparison = compare_variants(requests, cfg.ab, cfg.seed)
     champion = current_champion(cfg.champion.model_name)
     decision = decide_ab(summary, comparison, cfg.ab, champion_run_metrics(champion) if champion else {})
-    moved = apply_ab_decision(decision, cfg.champion.model_name) if apply else "not applied (apply=false)"
+    moved = "not applied (apply=false)"
+    if apply:  # aliases move under the lock every promotion takes, reading them at that moment
+        with exclusive(lock_name("registry", cfg.champion.model_name), cfg.cache_root / ".locks"):
+            moved = apply_ab_decision(decision, cfg.champion.model_name)
     exported = export_feedback(requests, cfg.data.feedback_path) if cfg.data.feedback_path and not requests.empty else 0
     return ABOutcome(decision, requests, moved, exported)
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import mlflow
 from fastapi import FastAPI, HTTPException
-from mlflow import MlflowClient
 from pydantic import BaseModel, Field
 
 from tasks import request_log
 from tasks.answering import Answer, AnswerSource
 from tasks.promotion import alias_version
+from tasks.registry import load_version
 from tasks.request_log import Served
 from tasks.request_writer import RequestWriter
 from tasks.routing import choose_variant
@@ -50,11 +50,10 @@ class LoadedModel:
 
 
 def load_registered(model_name: str, version: str) -> LoadedModel:
-    """A registered ragtune pyfunc, unwrapped to its answerer (which reports passages, tokens and cost)."""
-    client = MlflowClient()
-    mv = client.get_model_version(model_name, version)
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}").unwrap_python_model()
-    return LoadedModel(Served("", version, mv.tags.get("candidate", "?")), model.answerer)
+    """A registered version, checked and built by the installed code (tasks.registry), as its answerer (which
+    reports passages, tokens and cost)."""
+    loaded = load_version(model_name, version=version)
+    return LoadedModel(Served("", version, loaded.candidate), loaded.answerer)
 
 
 class ModelSlots:

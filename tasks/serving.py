@@ -1,9 +1,12 @@
-"""The registered model: an MLflow pyfunc bundling everything a candidate needs to answer.
+"""The registered model: everything a candidate needs to answer, as data, and the installed code that serves it.
 
 Artifacts: the pipeline config (YAML), the candidate description (JSON), the LoRA adapter
 (if the candidate has one) and the FAISS index version (if it retrieves). The base model is
 resolved from the config's offline source (converted once into the model cache). The `rag`
 candidate generates through `generation.endpoint` when the config sets one, as in evaluation.
+`build_answerer` turns those artifacts into the candidate's answerer with this installed package's code:
+tasks.registry calls it for ragtune's own loading, and RagtuneModel (logged as models-from-code through
+tasks.serving_model, no pickle) for `mlflow models serve`.
 Input: a DataFrame (or dict) with a `question` column. Output: answer, sources, latency_ms.
 """
 
@@ -11,38 +14,48 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow.pyfunc
 import pandas as pd
 
 from tasks.offline import enable_offline_mode
 
+if TYPE_CHECKING:
+    from tasks.answering import AnswerSource
+
 # The explicit signature in tasks.promotion describes the input; MLflow's type-hint nudge is noise here.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+warnings.filterwarnings("ignore", message=r"(\x1b\[[\d;]+m)?Add type hints to the `predict` method")  # colour codes first
 
 CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT = "config", "candidate", "adapter", "index"
+ARTIFACTS = (CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT)
+
+
+def build_answerer(artifacts: Mapping[str, str]) -> tuple[dict[str, str], AnswerSource]:
+    """The candidate's description and its answerer, built from a registered version's artifacts
+    (name -> local path) by this installed package."""
+    enable_offline_mode()
+    from tasks import candidates
+    from tasks.answering import answerer_for
+    from tasks.models import resolve_model_dir
+    from tasks.retrieval import Retriever
+    from tasks.settings import load_config
+
+    cfg = load_config(artifacts[CONFIG_ARTIFACT])
+    candidate = json.loads(Path(artifacts[CANDIDATE_ARTIFACT]).read_text())
+    retriever = Retriever(Path(artifacts[INDEX_ARTIFACT]), cfg.index) if INDEX_ARTIFACT in artifacts else None
+    answerer = answerer_for(candidates.get(candidate["name"]), cfg, resolve_model_dir(cfg.base_model, cfg.model_cache),
+                            artifacts.get(ADAPTER_ARTIFACT), retriever)
+    return candidate, answerer
 
 
 class RagtuneModel(mlflow.pyfunc.PythonModel):
     """Answers questions with one candidate system (tasks.candidates)."""
 
     def load_context(self, context) -> None:
-        enable_offline_mode()
-        from tasks import candidates
-        from tasks.answering import answerer_for
-        from tasks.models import resolve_model_dir
-        from tasks.retrieval import Retriever
-        from tasks.settings import load_config
-
-        cfg = load_config(context.artifacts[CONFIG_ARTIFACT])
-        self.candidate = json.loads(Path(context.artifacts[CANDIDATE_ARTIFACT]).read_text())
-        self.adapter_dir = context.artifacts.get(ADAPTER_ARTIFACT)
-        retriever = None
-        if INDEX_ARTIFACT in context.artifacts:
-            retriever = Retriever(Path(context.artifacts[INDEX_ARTIFACT]), cfg.index)
-        self.answerer = answerer_for(candidates.get(self.candidate["name"]), cfg,
-                                     resolve_model_dir(cfg.base_model, cfg.model_cache), self.adapter_dir, retriever)
+        self.candidate, self.answerer = build_answerer(context.artifacts)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         if isinstance(model_input, dict):

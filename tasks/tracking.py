@@ -68,11 +68,14 @@ def pipeline_record(cfg: PipelineConfig, config: str) -> RunRecord:
 def log_data_version(dataset: Dataset) -> None:
     """mlflow.log_input for both tables, named by the content fingerprint."""
     import json
+    import warnings
 
     for table, df in (("documents", dataset.documents), ("qa", dataset.qa)):
         frame = df.assign(answer=df["answer"].map(json.dumps)) if "answer" in df else df
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=dataset.source, name=f"{table}@{dataset.fingerprint}"),
-                         context=table)
+        with warnings.catch_warnings():  # MLflow registers two identical local-path sources and says so each time
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            data = mlflow.data.from_pandas(frame, source=dataset.source, name=f"{table}@{dataset.fingerprint}")
+        mlflow.log_input(data, context=table)
     mlflow.set_tag("data_fingerprint", dataset.fingerprint)
 
 

@@ -10,6 +10,7 @@ examples name the record.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -116,6 +117,7 @@ def _gx() -> Any:
     enable_offline_mode()  # Great Expectations reads its analytics switch at import
     import great_expectations as gx
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # not its temporary docs-site directory
     return gx
 
 

@@ -23,12 +23,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tasks import registry
 from tests.conftest import ROOT
 from tests.servers import RAGTUNE, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
 MODEL = "ragtune-kills"
-LINEAGE_TAGS = {"data_fingerprint", "candidate"}
+LINEAGE_TAGS = {*registry.LINEAGE_TAGS, "data_fingerprint", "test_set"}  # what the pipeline writes
 RUN_TIMEOUT_S = 900
 
 
