@@ -13,7 +13,6 @@ Input: a DataFrame (or dict) with a `question` column. Output: answer, sources, 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +25,6 @@ from tasks.offline import enable_offline_mode
 if TYPE_CHECKING:
     from tasks.answering import AnswerSource
 
-# The explicit signature in tasks.promotion describes the input; MLflow's type-hint nudge is noise here.
-warnings.filterwarnings("ignore", message=r"(\x1b\[[\d;]+m)?Add type hints to the `predict` method")  # colour codes first
 
 CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT = "config", "candidate", "adapter", "index"
 ARTIFACTS = (CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT)
@@ -57,7 +54,7 @@ class RagtuneModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.candidate, self.answerer = build_answerer(context.artifacts)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, dict):
             model_input = pd.DataFrame({"question": [model_input["question"]]}
                                        if isinstance(model_input["question"], str) else model_input)
