@@ -41,6 +41,7 @@ class Dataset:
     fingerprint: str
     source: str
     notes: tuple[str, ...] = ()  # what the loader left out and why (e.g. SQuAD v2 unanswerable questions)
+    files: tuple[tuple[str, str], ...] = ()  # (table, the file it was read from), for messages
 
     def split(self, name: str, limit: int | None = None) -> pd.DataFrame:
         """QA rows of one split, optionally the first `limit` by a stable hash of qa_id."""
@@ -221,4 +222,4 @@ def load_dataset(cfg: DataConfig, path: Path | None = None) -> Dataset:
         feedback = _normalise_qa(_read_table(feedback_path, allow_empty=True).assign(split="train"), feedback_path)
         qa = pd.concat([qa, feedback], ignore_index=True) if len(feedback) else qa
     return Dataset(documents=docs, qa=qa, fingerprint=fingerprint_tables(docs, qa), source=str(path),
-                   notes=tables.notes)
+                   notes=tables.notes, files=(("documents", str(doc_path)), ("qa", str(qa_path))))

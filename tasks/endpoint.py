@@ -29,38 +29,42 @@ class EndpointError(UserError, RuntimeError):
         super().__init__(redact(message))
 
 
-def _api_key(cfg: EndpointConfig) -> str:
+GENERATOR, JUDGE = "generation.endpoint", "evaluation.judge"  # the config keys an endpoint comes from
+
+
+def _api_key(cfg: EndpointConfig, key: str) -> str:
     if cfg.api_key_env is None:
         return NO_KEY
-    key = os.environ.get(cfg.api_key_env)
-    if not key:
-        raise EndpointError(f"endpoint {cfg.base_url}: environment variable {cfg.api_key_env} "
-                            "(api_key_env) is not set")
-    return key
+    value = os.environ.get(cfg.api_key_env)
+    if not value:
+        raise EndpointError(f"{key}.api_key_env: environment variable {cfg.api_key_env} is not set (the key of "
+                            f"endpoint {cfg.base_url})")
+    return value
 
 
-def _base_url(cfg: EndpointConfig) -> str:
+def _base_url(cfg: EndpointConfig, key: str) -> str:
     """The URL a client calls: `${NAME}` references in base_url expanded from the environment, here and now."""
     if has_masked_credentials(cfg.base_url):
-        raise EndpointError(f"endpoint {cfg.base_url}: its credentials were masked when this config was saved "
-                            "(a literal credential is never persisted); write them in base_url as ${VARIABLE} "
-                            "references to environment variables set where it runs, or give the key with api_key_env")
+        raise EndpointError(f"{key}.base_url: endpoint {cfg.base_url}: its credentials were masked when this "
+                            "config was saved (a literal credential is never persisted); write them in base_url as "
+                            "${VARIABLE} references to environment variables set where it runs, or give the key with "
+                            "api_key_env")
     missing = missing_references(cfg.base_url)
     if missing:
-        raise EndpointError(f"endpoint {cfg.base_url}: environment variable(s) {', '.join(missing)} named in "
-                            "base_url are not set")
+        raise EndpointError(f"{key}.base_url: endpoint {cfg.base_url}: environment variable(s) "
+                            f"{', '.join(missing)} named in it are not set")
     return expand_references(cfg.base_url)
 
 
-def openai_client(cfg: EndpointConfig) -> openai.OpenAI:
-    """A synchronous client with the configured timeout and retries."""
-    return openai.OpenAI(base_url=_base_url(cfg), api_key=_api_key(cfg), timeout=cfg.timeout_s,
+def openai_client(cfg: EndpointConfig, key: str = GENERATOR) -> openai.OpenAI:
+    """A synchronous client with the configured timeout and retries (`key`: the config key, for messages)."""
+    return openai.OpenAI(base_url=_base_url(cfg, key), api_key=_api_key(cfg, key), timeout=cfg.timeout_s,
                          max_retries=cfg.max_retries)
 
 
-def async_openai_client(cfg: EndpointConfig) -> openai.AsyncOpenAI:
+def async_openai_client(cfg: EndpointConfig, key: str = JUDGE) -> openai.AsyncOpenAI:
     """An asynchronous client (what ragas's judge drives) with the configured timeout and retries."""
-    return openai.AsyncOpenAI(base_url=_base_url(cfg), api_key=_api_key(cfg), timeout=cfg.timeout_s,
+    return openai.AsyncOpenAI(base_url=_base_url(cfg, key), api_key=_api_key(cfg, key), timeout=cfg.timeout_s,
                               max_retries=cfg.max_retries)
 
 
@@ -105,7 +109,7 @@ class EndpointClient:
             response = self.client.chat.completions.create(
                 model=self.cfg.model, messages=messages, max_tokens=max_tokens, temperature=0.0, stop=stop or None)
         except openai.OpenAIError as err:
-            raise EndpointError(describe_failure(self.cfg, err)) from err
+            raise EndpointError(f"{GENERATOR}: {describe_failure(self.cfg, err)}") from err
         finished_at = time.perf_counter()
         if not response.choices:
             raise EndpointError(f"{self.cfg.base_url}: response without choices (model {self.cfg.model})")

@@ -47,11 +47,12 @@ class ModelSourceError(UserError, RuntimeError):
     """The configured weights cannot be found locally."""
 
 
-def package_dir(package: str) -> Path:
-    """Directory of an installed package, found without importing it (its imports may be absent)."""
+def package_dir(package: str, key: str = "base_model.package") -> Path:
+    """Directory of an installed package, found without importing it (its imports may be absent); `key`: the
+    config key that named it, for the message."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(f"package {package!r} is not installed (see README: model packages)")
+        raise ModelSourceError(f"{key}: package {package!r} is not installed (see README: model packages)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -87,16 +88,18 @@ def _assembled_gguf(package: str, gguf_file: str, cache_dir: Path) -> Path:
     try:
         assemble = getattr(importlib.import_module(package), "assemble", None)
     except ImportError as err:
-        raise ModelSourceError(f"package {package!r} cannot be imported ({err}); {hint}") from err
+        raise ModelSourceError(f"base_model.package: package {package!r} cannot be imported ({err}); {hint}") from err
     if not callable(assemble):
-        raise ModelSourceError(f"package {package!r} has no assemble() function; give gguf_file without assemble")
+        raise ModelSourceError(f"base_model.assemble: package {package!r} has no assemble() function; give "
+                               "base_model.gguf_file without assemble")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
         assemble(staging)
         staging.replace(target)
     except (ImportError, FileNotFoundError) as err:
-        raise ModelSourceError(f"package {package!r} could not assemble its GGUF ({err}); {hint}") from err
+        raise ModelSourceError(f"base_model.package: package {package!r} could not assemble its GGUF ({err}); "
+                               f"{hint}") from err
     finally:
         staging.unlink(missing_ok=True)
     return target
@@ -113,9 +116,10 @@ def _hub_model(hub_id: str) -> str:
         return snapshot_download(hub_id, local_files_only=True)
     except LocalEntryNotFoundError:
         raise ModelSourceError(
-            f"hub model {hub_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and ragtune "
-            "runs with the hub offline (HF_HUB_OFFLINE=1). Download it where the hub is reachable "
-            f"(`hf download {hub_id}`) into that cache, or set base_model.path to a local checkpoint."
+            f"base_model.hub_id: hub model {hub_id!r} is not in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and ragtune runs with the hub offline (HF_HUB_OFFLINE=1). Download it "
+            f"where the hub is reachable (`hf download {hub_id}`) into that cache, or set base_model.path to a local "
+            "checkpoint."
         ) from None
 
 
@@ -126,7 +130,7 @@ def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
     if source.path is not None:
         directory = Path(source.path)
         if not directory.is_dir():
-            raise ModelSourceError(f"model path {source.path} is not a directory")
+            raise ModelSourceError(f"base_model.path: model path {source.path} is not a directory")
         if source.gguf_file is None:
             return str(directory)
     elif source.assemble:
@@ -135,7 +139,9 @@ def resolve_model_dir(source: ModelSource, cache_dir: Path) -> str:
         directory = package_dir(source.package)
     gguf = directory / source.gguf_file
     if not gguf.is_file():
-        raise ModelSourceError(f"GGUF file {gguf} not found for model source {source.describe()}")
+        held = sorted(f.name for f in directory.glob("*.gguf")) if directory.is_dir() else []
+        raise ModelSourceError(f"base_model.gguf_file: GGUF file {source.gguf_file} not found at {gguf} (model source "
+                               f"{source.describe()}); {directory} holds {', '.join(held) or 'no .gguf file'}")
     target = Path(cache_dir) / f"{Path(source.gguf_file).stem}-{_file_hash(gguf)}"
     if not (target / "config.json").is_file():
         with exclusive(lock_name("model", target.name), Path(cache_dir) / ".locks"):  # runs side by side convert once
@@ -162,11 +168,12 @@ def embedding_model_dir(cfg: IndexConfig) -> Path:
     """The sentence-transformers directory of the configured embedding model."""
     if cfg.embedding_path is not None:
         return Path(cfg.embedding_path)
-    root = package_dir(cfg.embedding_package)
+    root = package_dir(cfg.embedding_package, "index.embedding_package")
     for candidate in (root / "model", root):
         if (candidate / "modules.json").is_file():
             return candidate
-    raise ModelSourceError(f"package {cfg.embedding_package!r} holds no sentence-transformers model")
+    raise ModelSourceError(f"index.embedding_package: package {cfg.embedding_package!r} holds no "
+                           "sentence-transformers model")
 
 
 def load_causal_lm(model_dir: str, adapter_dir: str | Path | None = None):

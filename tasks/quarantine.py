@@ -72,7 +72,7 @@ def without_quarantined(dataset: Dataset, table: pd.DataFrame) -> Dataset:
     doc_rows = set(table.loc[table["table"] == "documents", "row"])
     documents = dataset.documents.drop(index=sorted(doc_rows)).reset_index(drop=True)
     qa = dataset.qa.drop(index=sorted(quarantined_qa_rows(table))).reset_index(drop=True)
-    return Dataset(documents, qa, fingerprint_tables(documents, qa), dataset.source, dataset.notes)
+    return Dataset(documents, qa, fingerprint_tables(documents, qa), dataset.source, dataset.notes, dataset.files)
 
 
 def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:
@@ -83,7 +83,7 @@ def validate_and_quarantine(dataset: Dataset, cfg: PipelineConfig) -> Validated:
     """
     def check(data: Dataset) -> ValidationReport:
         return validate_dataset(data.documents, data.qa, cfg.validation, data.source, cfg.data.answer_type,
-                                cfg.data.labels)
+                                cfg.data.labels, dict(data.files))
 
     report = check(dataset)
     if report.success or cfg.validation.on_failure == "stop" or not all(f.waivable for f in report.failures):

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tasks.ab_settings import ABConfig
 from tasks.candidates import CANDIDATES
 from tasks.config_base import ConfigError, Strict
+from tasks.config_errors import format_errors
 from tasks.gateway_settings import GatewayConfig
 from tasks.index_settings import IndexConfig
 from tasks.redaction import redact, redact_value, reveal_hidden
@@ -63,9 +64,14 @@ class DataConfig(Strict):
         unknown -= set(SPLITS)
         if unknown:
             raise ValueError(f"unknown split name(s) {sorted(unknown)}; expected {list(SPLITS)}")
-        if abs(sum(self.split_fractions.values()) - 1.0) > 1e-6:
-            raise ValueError("split_fractions must sum to 1")
         return self
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _sum_to_one(cls, fractions: dict[str, float]) -> dict[str, float]:
+        if abs(sum(fractions.values()) - 1.0) > 1e-6:
+            raise ValueError(f"the shares must sum to 1, got {sum(fractions.values()):g}")
+        return fractions
 
 
 class ValidationConfig(Strict):
@@ -82,14 +88,23 @@ class ValidationConfig(Strict):
         "normalised answer as a train question: at this similarity (the higher of rapidfuzz ratio and "
         "token_sort_ratio, /100) it is a reworded copy, i.e. leakage.")
     split_bounds: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: {"train": (0.5, 0.9), "validation": (0.0, 0.3), "test": (0.05, 0.4)}
-    )
+        default_factory=lambda: {"train": (0.5, 0.9), "validation": (0.0, 0.3), "test": (0.05, 0.4)},
+        description="Allowed share of the QA rows per split: (lower, upper), each within [0, 1].")
     max_examples: int = Field(5, ge=1, description="Failing examples shown per expectation.")
     on_failure: Literal["stop", "quarantine"] = Field(
         "stop", description="quarantine: drop the rows that break a row rule (their QA rows with a dropped document "
         "too), log them with the rule, and go on; duplicate ids, train/test leakage and split shares always stop.")
     max_quarantined_share: float = Field(
         0.05, ge=0, le=1, description="Quarantine stops the run when it would drop more than this share of QA rows.")
+
+    @field_validator("split_bounds")
+    @classmethod
+    def _ordered_bounds(cls, bounds: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for split, (low, high) in bounds.items():
+            if not 0 <= low <= high <= 1:
+                raise ValueError(f"{split}: the lower bound {low} must not exceed the upper bound {high}, both "
+                                 "within [0, 1]")
+        return bounds
 
 
 class ModelSource(Strict):
@@ -356,19 +371,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {key}: {e['msg']}")
-    return redact("\n".join(lines))
-
-
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+        raise ConfigError(format_errors(PipelineConfig, source, err, overrides or [])) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
@@ -382,7 +389,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(f"config {path} is not valid YAML: {redact(str(err))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
-    return config_from_dict(apply_overrides(raw, overrides or []), str(path))
+    return config_from_dict(apply_overrides(raw, overrides or []), str(path), overrides)
 
 
 def config_to_yaml(cfg: PipelineConfig) -> str:

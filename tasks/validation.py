@@ -56,6 +56,7 @@ class ValidationReport:
     failures: list[ExpectationFailure] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     statistics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # table -> the file it was read from
 
     def to_markdown(self) -> str:
         """A readable report: header, pass/fail, counts and a table of failing expectations."""
@@ -85,7 +86,8 @@ class DataValidationError(UserError):
         lines = [f"data validation failed for {report.source}: {len(report.failures)} rule(s) broken"]
         for f in report.failures:
             relax = f"; relax with {f.key}" if f.key else ""
-            lines.append(f"  - [{f.where}] {f.rule}: {f.unexpected_count} failing ({f.expectation}{relax})")
+            file = f" in {report.files[f.table]}" if f.table in report.files else ""
+            lines.append(f"  - [{f.where}] {f.rule}{file}: {f.unexpected_count} failing ({f.expectation}{relax})")
             lines += [f"      {e}" for e in f.examples]
         if any(f.waivable for f in report.failures):
             fatal = [f.where for f in report.failures if not f.waivable]
@@ -325,9 +327,10 @@ def _run_suite(context: Any, name: str, frame: pd.DataFrame, rules: list[_Rule],
 
 
 def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationConfig, source: str,
-                     answer_type: str = "span", labels: list[str] | None = None) -> ValidationReport:
+                     answer_type: str = "span", labels: list[str] | None = None,
+                     files: dict[str, str] | None = None) -> ValidationReport:
     """Run the documents, QA and splits suites for data of `answer_type`; never raises on bad data
-    (see `ensure_valid`)."""
+    (see `ensure_valid`). `files`: the file each table was read from, named in the failures."""
     gx = _gx()
     context = _context(gx)
     docs = documents_with_columns(documents)
@@ -361,7 +364,7 @@ def validate_dataset(documents: pd.DataFrame, qa: pd.DataFrame, cfg: ValidationC
         statistics |= {f"{s}_per_label": {label: int(n) for label, n in
                                           qa_frame.loc[qa_frame["split"] == s, "answer_label"].value_counts().items()}
                        for s in SPLITS}
-    return ValidationReport(source, not failures, failures, results, statistics)
+    return ValidationReport(source, not failures, failures, results, statistics, dict(files or {}))
 
 
 def ensure_valid(report: ValidationReport) -> None:

@@ -201,7 +201,7 @@ def test_env_references_in_base_url_are_expanded_only_when_the_client_is_created
                                                                     "generation.endpoint.model=m"])))
     assert bundled["generation"]["endpoint"]["base_url"] == cfg.base_url  # a served model expands them itself
     monkeypatch.delenv("LLM_PASS")
-    with pytest.raises(EndpointError, match="environment variable.s. LLM_PASS named in base_url are not set"):
+    with pytest.raises(EndpointError, match="base_url: .*environment variable.s. LLM_PASS named in it are not set"):
         EndpointClient(cfg)
 
 
