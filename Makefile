@@ -1,6 +1,7 @@
 # Two commands do all the setup on a fresh clone:
 #   make demo   creates the environment if needed, then runs the retraining flow on data/demo
-#   make test   creates the environment if needed, then runs the test suite
+#   make test   creates the environment if needed, then runs the test suite (all but the slow server tests)
+#   make test-slow  the slow server tests (scale-out, deployed schedules, kills); CI runs both
 # An active virtualenv is used as is; otherwise .venv is created. Re-running installs nothing
 # unless pyproject.toml or constraints.txt changed.
 
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.ragtune-installed
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint ui clean
+.PHONY: setup demo test test-slow lint ui clean
 
 setup: $(STAMP)
 	@bash scripts/ensure_postgres.sh
@@ -27,7 +28,10 @@ demo: setup
 	$(VENV)/bin/ragtune run --config $(CONFIG)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

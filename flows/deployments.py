@@ -70,6 +70,13 @@ def runner_deployments(config: str | None = None, path: Path = PREFECT_YAML) -> 
     return deployments
 
 
+# The Prefect server fetches its collection registry (the work-pool types' metadata) from GitHub, with no
+# setting to stop it, and falls back to the copy it ships. A proxy that refuses every connection gives it that
+# copy without any attempt to reach the internet; loopback (its database, its clients) is exempt.
+NO_OUTBOUND_HTTP = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                    "NO_PROXY": "127.0.0.1,localhost,::1"}
+
+
 def prefect_env() -> dict[str, str]:
     """The environment for the Prefect server, deploy and worker processes: this one plus the offline switches."""
     return {**os.environ, **OFFLINE_ENV}
@@ -113,7 +120,7 @@ def server_command(port: int, host: str = "127.0.0.1") -> tuple[list[str], dict[
     """`prefect server start` on `host`:`port`, and its environment: the offline switches, and the API
     address the UI calls (Prefect's UI keeps calling port 4200 unless told otherwise)."""
     env = {**prefect_env(), "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_SERVER_UI_API_URL": f"http://{host}:{port}/api"}
+           "PREFECT_SERVER_UI_API_URL": f"http://{host}:{port}/api", **NO_OUTBOUND_HTTP}
     return _prefect("server", "start", "--host", host, "--port", str(port)), env
 
 

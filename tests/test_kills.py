@@ -27,7 +27,7 @@ from tasks import registry
 from tests.conftest import ROOT
 from tests.servers import RAGTUNE, start, stop, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "ragtune-kills"
 LINEAGE_TAGS = {*registry.LINEAGE_TAGS, "data_fingerprint", "test_set"}  # what the pipeline writes
 RUN_TIMEOUT_S = 900
@@ -50,7 +50,8 @@ def _project(tmp: Path) -> tuple[Path, str]:
 
 def _run(config: Path, log: Path, home: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_HOME": str(home), "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
+    for inherited in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set by earlier tests
+        env.pop(inherited, None)
     return start([*RAGTUNE, "run", "--config", str(config)], log, env)
 
 

@@ -106,6 +106,7 @@ def _only_schedule(client, deployment_id, seconds: int) -> None:
                                                             True)])
 
 
+@pytest.mark.slow
 def test_deployed_flows_run_on_demand_on_schedule_and_on_data_change(deployed, client, project):
     deployments = {d.name: d for d in client.read_deployments()}
     assert {"nightly-retrain", "data-change-trigger", "index-refresh", "on-demand-evaluation",

@@ -36,7 +36,7 @@ from tests.servers import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.server]
+pytestmark = [pytest.mark.integration, pytest.mark.server, pytest.mark.slow]
 RUN_TIMEOUT_S = 600  # two cold CI-config retrainings share 2 cores
 MODEL = "ragtune-scale"
 RUNTIME_METRICS = ("latency", "seconds", "cost", "per_second")  # timing, not results: differ between any two runs
