@@ -21,6 +21,7 @@ from tasks.settings import MlflowConfig, PipelineConfig, config_to_yaml
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 MODEL_TRAINING_VIEW = "machine_learning"  # the UI's workflowType for training runs (not GenAI traces)
+DUPLICATE_KEY = ("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry")  # PostgreSQL, SQLite, MySQL
 FLOW_TAG = "ragtune.flow"  # on every pipeline parent run: which flow logged it (retrain, evaluate, ...)
 
 
@@ -75,7 +76,12 @@ def log_data_version(dataset: Dataset) -> None:
         with warnings.catch_warnings():  # MLflow registers two identical local-path sources and says so each time
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             data = mlflow.data.from_pandas(frame, source=dataset.source, name=f"{table}@{dataset.fingerprint}")
-        mlflow.log_input(data, context=table)
+        try:
+            mlflow.log_input(data, context=table)
+        except MlflowException as err:  # another run created the same dataset between the server's check and insert
+            if not any(clash in str(err) for clash in DUPLICATE_KEY):
+                raise
+            mlflow.log_input(data, context=table)  # now it exists: this links it to the run
     mlflow.set_tag("data_fingerprint", dataset.fingerprint)
 
 
