@@ -123,7 +123,7 @@ def _run(fn, *args, **kwargs):
 
 def fail(message: str) -> NoReturn:
     """Print `error: <message>` once and exit with status 2."""
-    console.print(Text.assemble(("error:", "bold red"), " ", message))
+    console.print(Text.assemble(("error:", "bold red"), " ", visible_controls(message)))
     raise typer.Exit(2)
 
 

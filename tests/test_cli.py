@@ -97,3 +97,21 @@ def test_prefect_records_of_a_user_error_keep_one_line_and_no_traceback():
     assert _OneLineForUserErrors(("DataValidationError",)).filter(record)
     assert record.exc_info is None and "\n" not in record.getMessage()
     assert record.getMessage().startswith("Task run failed with exception: DataValidationError(")
+
+
+def test_an_error_message_cannot_drive_the_terminal(monkeypatch):
+    """Data text in a message prints as is: no markup read, control characters (escape sequences) made visible."""
+    import io
+
+    import pytest
+    import typer
+
+    from flows import cli_base
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli_base, "console", cli_base._DataSafeConsole(markup=False, file=buffer, width=200))
+    with pytest.raises(typer.Exit) as exit_info:
+        cli_base.fail("qa.jsonl: record 3 (qa_id=[/red]): question '\x1b[2J\x1b]0;owned\x07' is too short")
+    assert exit_info.value.exit_code == 2
+    assert buffer.getvalue() == ("error: qa.jsonl: record 3 (qa_id=[/red]): question '\\x1b[2J\\x1b]0;owned\\x07' "
+                                 "is too short\n")
