@@ -16,6 +16,7 @@ from tasks.ab_settings import ABConfig
 from tasks.candidates import CANDIDATES
 from tasks.config_base import ConfigError, Strict
 from tasks.config_errors import format_errors
+from tasks.finetune_settings import FinetuneConfig
 from tasks.gateway_settings import GatewayConfig
 from tasks.index_settings import IndexConfig
 from tasks.redaction import redact, redact_value, reveal_hidden
@@ -142,70 +143,6 @@ class ModelSource(Strict):
         if self.path is not None and self.gguf_file is not None:
             return str(self.path / self.gguf_file)
         return str(self.path or self.hub_id)
-
-
-class LoraConfig(Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class RaftConfig(Strict):
-    top_k: int = Field(2, ge=1, description="Passages in each training prompt.")
-    gold_probability: float = Field(0.8, ge=0, le=1, description="Share of prompts with the gold passage forced in.")
-    max_train_examples: int | None = Field(
-        None, ge=1, description="Cap on RAFT training questions (its prompts are ~4x longer than closed-book ones)."
-    )
-
-
-class EarlyStoppingConfig(Strict):
-    patience: int | None = Field(
-        None, ge=1, description="Stop after this many held-out evaluations without improvement (None: never)."
-    )
-    min_delta: float = Field(
-        0.0, ge=0, description="Eval-loss decrease that counts as an improvement for patience."
-    )
-
-
-class GpuConfig(Strict):
-    """Used only when CUDA is available; the CPU path ignores it."""
-
-    enabled: bool = Field(True, description="Train on the GPU when torch.cuda.is_available().")
-    dtype: Literal["bfloat16", "float32"] = Field(
-        "bfloat16", description="Autocast dtype of the forward pass (weights and optimizer stay float32)."
-    )
-    batch_size: int = Field(32, ge=1, description="Batch size on the GPU (replaces batch_size).")
-
-
-class FinetuneConfig(Strict):
-    lora: LoraConfig = LoraConfig()
-    raft: RaftConfig = RaftConfig()
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    max_length: int = Field(512, ge=16)
-    max_train_examples: int | None = Field(None, ge=1)
-    length_group_pool: int = Field(
-        16, ge=1, description="Batches are cut from random pools of this many batches sorted by length "
-        "(less padding; 1 sorts within a batch only)."
-    )
-    early_stopping: EarlyStoppingConfig = Field(
-        EarlyStoppingConfig(), description="Held-out eval loss is measured after every epoch (and at the "
-        "last step); the adapter with the lowest one is kept."
-    )
-    checkpoint_every_steps: int | None = Field(
-        None, ge=1, description="Write a resumable checkpoint (adapter, optimizer, scheduler, RNG states, "
-        "data position) every N optimizer steps; None: never."
-    )
-    resume: bool = Field(True, description="Continue an identical interrupted run from its last checkpoint.")
-    gpu: GpuConfig = GpuConfig()
-    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
-    output_root: Path = Path("artifacts/adapters")
 
 
 class EndpointConfig(Strict):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.finetune_data import IGNORE, Encoded, collate, length_grouped_batches
-from tasks.settings import FinetuneConfig, LoraConfig
+from tasks.finetune_settings import FinetuneConfig, LoraConfig
 
 if TYPE_CHECKING:
     import torch
