@@ -21,6 +21,7 @@ from tasks.candidates import Candidate, CandidateBundle
 from tasks.data_loading import Dataset, fingerprint_qa
 from tasks.exclusive import exclusive, lock_name
 from tasks.finetuning import TrainedAdapter
+from tasks.heap import return_freed_memory
 from tasks.indexing import IndexBuild
 from tasks.latency import measure_latency
 from tasks.metrics import (
@@ -219,6 +220,19 @@ def evaluation_key(candidate: Candidate, cfg: PipelineConfig, adapter_dir: str |
                      answer_type=cfg.data.answer_type, labels=cfg.data.labels)
 
 
+def _evaluate_system(candidate: Candidate, cfg: PipelineConfig, base_model_dir: str, adapter_dir: str | None,
+                     index_dir: Path | None, test: pd.DataFrame, dataset: Dataset) -> CandidateReport:
+    """Build the candidate's system, score it, and release its model before the next stage loads another."""
+    retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
+    answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
+    try:
+        return evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
+                                  embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type, cfg.data.labels)
+    finally:
+        del answerer, retriever
+        return_freed_memory()
+
+
 def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, base_model_dir: str,
                   adapter: TrainedAdapter | None, index: IndexBuild | None, run_id: str,
                   store: ArtifactStore | None = None) -> CandidateOutcome:
@@ -237,11 +251,7 @@ def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, b
         if (stored := cache.get(key)) is not None:
             report, reused_from = stored
         else:
-            retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
-            answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
-            report = evaluate_candidate(candidate.name, answerer, test, dataset.doc_text(), cfg.evaluation,
-                                        embedding_model_dir(cfg.index), cfg.seed, cfg.data.answer_type,
-                                        cfg.data.labels)
+            report = _evaluate_system(candidate, cfg, base_model_dir, adapter_dir, index_dir, test, dataset)
             cache.put(key, (report, run_id))
     lineage = {"data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
                "index_version": index.version if index_dir is not None else "none",

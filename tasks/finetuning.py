@@ -29,6 +29,7 @@ from tasks.candidates import ADAPTER_MODES, Mode
 from tasks.data_loading import Dataset, fingerprint_qa
 from tasks.exclusive import exclusive, lock_name
 from tasks.finetune_data import build_examples, encode_example
+from tasks.heap import return_freed_memory
 from tasks.indexing import IndexBuild
 from tasks.models import weights_key
 from tasks.records import RunRecord
@@ -66,6 +67,8 @@ class FinetuneResult:
     model_load_seconds: float = float("nan")
     device: str = "cpu"
     batch_size: int = 0
+    micro_batch_tokens: int = 0  # padded tokens per micro-batch under finetune.memory_budget_gb (0: whole batches)
+    checkpointing: bool = False  # activation checkpointing (only when one example did not fit the budget otherwise)
     fetched: bool = False  # taken from the shared artifact store, not trained here
     waited_s: float = 0.0  # for another run training the same adapter
 
@@ -128,6 +131,7 @@ def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: p
             result.waited_s = waited
         if store is not None:
             store.publish("adapters", key, out_dir)  # no-op when the store has it
+    return_freed_memory()  # the model and the step's activations: the next stage loads its own
     return result
 
 
@@ -165,6 +169,7 @@ def _train(mode: Mode, key: str, base_model_dir: str, train_qa: pd.DataFrame, ev
         eval_steps=state.eval_steps, eval_losses=state.eval_losses, best_step=state.best_step,
         stopped_early=state.stopped_early, resumed_from_step=state.resumed_from_step,
         model_load_seconds=load_seconds, device=runtime.device, batch_size=runtime.batch_size,
+        micro_batch_tokens=state.micro_batch_tokens, checkpointing=state.checkpointing,
     )
     _save_adapter(model, result, out_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -202,7 +207,8 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
                 "raft_top_k": cfg.raft.top_k, "raft_gold_probability": cfg.raft.gold_probability,
                 "early_stopping_patience": cfg.early_stopping.patience,
                 "early_stopping_min_delta": cfg.early_stopping.min_delta,
-                "checkpoint_every_steps": cfg.checkpoint_every_steps},
+                "checkpoint_every_steps": cfg.checkpoint_every_steps, "memory_budget_gb": cfg.memory_budget_gb,
+                "micro_batch_tokens": result.micro_batch_tokens, "activation_checkpointing": result.checkpointing},
         # eval_loss/perplexity: the kept (best) adapter's held-out values.
         metrics={k: v for k, v in {
             "eval_loss": result.eval_loss, "perplexity": result.perplexity, "train_seconds": result.seconds,
@@ -222,11 +228,19 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
     return record
 
 
+def _micro_batches(result: FinetuneResult) -> str:
+    if not result.micro_batch_tokens:
+        return ""
+    return (f" in micro-batches of <= {result.micro_batch_tokens} tokens"
+            f"{' with activation checkpointing' if result.checkpointing else ''}")
+
+
 def finetune_summary(result: FinetuneResult) -> str:
     how = "fetched from the shared store" if result.fetched else "reused" if result.reused else "trained"
     waited = f" after waiting {result.waited_s:.0f} s for another run" if result.waited_s >= 1 else ""
     return (f"finetune[{result.mode}] {how}{waited} on {result.device}: "
-            f"{result.steps} steps, {result.tokens_per_second:.0f} tokens/s, best eval loss {result.eval_loss:.3f} "
+            f"{result.steps} steps{_micro_batches(result)}, {result.tokens_per_second:.0f} tokens/s, "
+            f"best eval loss {result.eval_loss:.3f} "
             f"(step {result.best_step}), perplexity {result.perplexity:.2f}"
             f"{', stopped early' if result.stopped_early else ''}; base model loaded in "
             f"{result.model_load_seconds:.2f} s")

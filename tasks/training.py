@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from tasks.atomic import atomic_directory, clear_staging
 from tasks.finetune_data import IGNORE, Encoded, collate, length_grouped_batches
 from tasks.finetune_settings import FinetuneConfig, LoraConfig
+from tasks.memory_budget import MemoryPlan, plan_memory
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,8 @@ class TrainState:
     bad_evals: int = 0
     stopped_early: bool = False
     resumed_from_step: int = 0
+    micro_batch_tokens: int = 0  # padded tokens per micro-batch under the memory budget (0: whole batches)
+    checkpointing: bool = False
 
 
 def select_runtime(cfg: FinetuneConfig) -> Runtime:
@@ -98,6 +101,51 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     if cap:  # Gemma-style soft cap, as the model's own forward applies it
         logits = torch.tanh(logits / cap) * cap
     return F.cross_entropy(logits, labels[keep]), int(keep.sum())
+
+
+def memory_plan(model: torch.nn.Module, train_enc: list[Encoded], cfg: FinetuneConfig, runtime: Runtime,
+                pad_id: int) -> MemoryPlan | None:
+    """The plan that keeps a CPU run within `finetune.memory_budget_gb` (tasks.memory_budget), activation
+    checkpointing switched on if it needs it; None (whole batches) on a GPU or without a budget.
+
+    The probe forward runs in train mode like the steps, under a saved and restored RNG state, so planning
+    changes no dropout mask of the run."""
+    import torch
+
+    if runtime.device != "cpu" or cfg.memory_budget_gb is None or not train_enc:
+        return None
+    longest = max(train_enc, key=lambda e: len(e[0]))
+    rng = torch.get_rng_state()
+    model.train()
+    try:
+        plan = plan_memory(model, answer_loss, collate([longest], pad_id), cfg.memory_budget_gb, runtime.batch_size,
+                           len(longest[0]))
+    finally:
+        torch.set_rng_state(rng)
+    if plan.checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.activation_checkpointing_enable()
+    return plan
+
+
+def accumulate_gradients(model: torch.nn.Module, rows: list[Encoded], plan: MemoryPlan | None, pad_id: int,
+                         runtime: Runtime) -> float:
+    """Forward and backward of one optimizer batch, in the plan's micro-batches; returns the batch's mean answer
+    loss. Each micro-batch's loss is weighted by its share of the batch's answer tokens, so the accumulated
+    gradient is the whole batch's."""
+    answer_tokens = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)
+    parts = plan.micro_batches([len(ids) for ids, _ in rows]) if plan else [slice(None)]
+    total = 0.0
+    for part in parts:
+        batch = {k: v.to(runtime.device) for k, v in collate(rows[part], pad_id).items()}
+        with autocast(runtime):
+            loss, n = answer_loss(model, batch)
+        (loss * (n / answer_tokens)).backward()
+        total += float(loss.detach()) * n
+        del batch, loss
+        if plan is not None:
+            plan.keep_within()
+    return total / answer_tokens
 
 
 def heldout_loss(model: torch.nn.Module, encoded: list[Encoded], batch_size: int, pad_id: int,
@@ -244,6 +292,9 @@ def train_lora(model: torch.nn.Module, train_enc: list[Encoded], eval_enc: list[
             state, best = restored
             state.resumed_from_step = state.step
     lengths = [len(ids) for ids, _ in train_enc]
+    plan = memory_plan(model, train_enc, cfg, runtime, pad_id)
+    if plan is not None:
+        state.micro_batch_tokens, state.checkpointing = plan.token_budget, plan.checkpointing
     model.train()
     bar = tqdm(total=total_steps, initial=state.step, desc=desc, unit="step", disable=not progress)
     while state.step < total_steps and not state.stopped_early:
@@ -251,18 +302,15 @@ def train_lora(model: torch.nn.Module, train_enc: list[Encoded], eval_enc: list[
             state.batches = length_grouped_batches(lengths, runtime.batch_size, cfg.length_group_pool, order_rng)
             state.batch_index = 0
         started = time.perf_counter()
-        cpu_batch = collate([train_enc[i] for i in state.batches[state.batch_index]], pad_id)
-        batch = {k: v.to(runtime.device) for k, v in cpu_batch.items()}
-        with autocast(runtime):
-            loss, _ = answer_loss(model, batch)
-        loss.backward()
+        rows = [train_enc[i] for i in state.batches[state.batch_index]]
+        loss = accumulate_gradients(model, rows, plan, pad_id, runtime)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        state.losses.append(float(loss.detach()))
+        state.losses.append(loss)
         state.seconds += time.perf_counter() - started
-        state.tokens += int(cpu_batch["attention_mask"].sum())
+        state.tokens += sum(len(ids) for ids, _ in rows)
         state.step += 1
         state.batch_index += 1
         epoch_done = state.batch_index == len(state.batches)
