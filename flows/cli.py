@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import subprocess
 import sys
 from typing import Annotated
 
@@ -228,18 +228,20 @@ def history(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
 
 @app.command()
 def ui(config: ConfigOpt = DEFAULT_CONFIG, port: int = 5000) -> None:
-    """Open the MLflow UI on 127.0.0.1 for this project's store."""
+    """Open the MLflow UI on 127.0.0.1 for this project's store (one light server process; Ctrl-C stops it)."""
     import mlflow
 
-    from flows.pipeline import prepare
-    from tasks.tracking import ui_link
+    from flows.engines import ui_command
+    from tasks.settings import load_config
+    from tasks.tracking import setup_tracking, ui_link
 
-    cfg = _run(prepare, config, [], None)
-    uri = mlflow.get_tracking_uri()
+    cfg = _run(load_config, config)
+    _run(setup_tracking, cfg.mlflow)
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     console.print(f"MLflow UI: {ui_link(f'experiments/{experiment.experiment_id}', port)}")
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                    "--port", str(port)], check=False)
+    command, env = ui_command(mlflow.get_tracking_uri(), port)
+    sys.stdout.flush()
+    os.execve(command[0], command, env)  # the server replaces this process: nothing of the CLI stays resident
 
 
 from flows import cli_engines  # noqa: E402, F401 - registers server, tracking-server, deploy, worker, serve
