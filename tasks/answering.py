@@ -20,6 +20,7 @@ from tasks.candidates import Candidate
 from tasks.endpoint import EndpointClient
 from tasks.label_scoring import label_scores
 from tasks.models import load_causal_lm
+from tasks.prefix_cache import PrefixCache, shared_prefix_ids
 from tasks.prompts import build_messages, clean_answer, render_prompt
 from tasks.retrieval import Hit, Retriever
 from tasks.settings import EndpointConfig, GenerationConfig, PipelineConfig
@@ -134,7 +135,8 @@ class Answerer:
     def __init__(self, model_dir: str, gen_cfg: GenerationConfig, adapter_dir: str | Path | None = None,
                  retriever: Retriever | None = None, top_k: int = 3, answer_type: str = "span",
                  labels: list[str] | None = None):
-        self.tokenizer, self.model = load_causal_lm(model_dir, adapter_dir)
+        self.model_dir, self.adapter_dir = model_dir, adapter_dir
+        self.tokenizer, self.model = load_causal_lm(model_dir, adapter_dir, gen_cfg.dtype)
         self.tokenizer.padding_side = "left"
         self.gen_cfg = gen_cfg
         self.retriever = retriever
@@ -142,7 +144,17 @@ class Answerer:
         self.answer_type = answer_type
         self.labels = labels if answer_type == "label" else None
         self._prior: torch.Tensor | None = None
+        self._prefix: PrefixCache | None = None
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
+
+    def _prefix_cache(self, input_ids: torch.Tensor):
+        """A copy of the shared prompt prefix's KV cache for a one-prompt batch that starts with it (else None)."""
+        if input_ids.shape[0] != 1:
+            return None
+        if self._prefix is None:
+            passages = self.top_k if self.retriever else None
+            self._prefix = PrefixCache(self.model, shared_prefix_ids(self.tokenizer, self.gen_cfg, passages))
+        return self._prefix.for_prompt(input_ids)
 
     def _generate(self, prompts: list[str]) -> tuple[list[str], list[int], FinishClock]:
         import torch
@@ -155,7 +167,8 @@ class Answerer:
                             self.gen_cfg.max_new_tokens)
         with torch.inference_mode():
             out = self.model.generate(
-                **batch, max_new_tokens=self.gen_cfg.max_new_tokens, do_sample=False,
+                **batch, cache=self._prefix_cache(batch["input_ids"]), max_new_tokens=self.gen_cfg.max_new_tokens,
+                do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids) or None,
                 stopping_criteria=StoppingCriteriaList([clock]),
             )

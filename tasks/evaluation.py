@@ -269,7 +269,8 @@ def candidate_record(outcome: CandidateOutcome, cfg: PipelineConfig) -> RunRecor
         tags={"candidate": report.name, "answer_type": cfg.data.answer_type, **bundle.lineage,
               "reused": str(outcome.reused_from is not None), "reused_from_run": outcome.reused_from or "none"},
         params={"candidate": report.name, "retrieval": bundle.index_dir is not None,
-                "adapter": bool(bundle.adapter_dir), "max_new_tokens": cfg.generation.max_new_tokens},
+                "adapter": bool(bundle.adapter_dir), "max_new_tokens": cfg.generation.max_new_tokens,
+                "dtype": cfg.generation.dtype},
         metrics=report.metrics, tables={f"per_question_{report.name}.csv": report.per_question})
     if report.absent:
         record.dicts["absent_metrics.json"] = report.absent

@@ -1,0 +1,76 @@
+"""The fast serving path: the answering dtype (resolved from the CPU's instructions) and the shared-prefix KV
+cache that one-question requests reuse (tiny real model)."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from tasks.answering import Answerer
+from tasks.config_base import ConfigError
+from tasks.cpu_features import cpu_flags, native_bf16
+from tasks.prefix_cache import PrefixCache, shared_prefix_ids
+from tasks.settings import GenerationConfig, load_config
+from tests.test_answering import QUESTIONS
+
+FP32 = GenerationConfig(max_new_tokens=10, batch_size=4, dtype="float32")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert cpu_flags(cpuinfo) == frozenset({"fpu", "sse", "avx2", "avx512_bf16"})
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+    assert native_bf16(frozenset({"avx2", "fma"})) is False
+    assert native_bf16(frozenset({"avx2", "amx_bf16"})) and native_bf16(frozenset({"avx512_bf16"}))
+
+
+def test_auto_dtype_resolves_at_load_to_what_the_cpu_multiplies_natively(tmp_path):
+    assert GenerationConfig().dtype == ("bfloat16" if native_bf16() else "float32")
+    assert GenerationConfig(dtype="float32").dtype == "float32"
+    config = tmp_path / "bad.yaml"
+    config.write_text("generation: {dtype: int8}\n")
+    with pytest.raises(ConfigError, match="generation.dtype"):
+        load_config(config)
+
+
+def test_bfloat16_answerer_holds_bfloat16_weights_and_answers(tiny_model_dir):
+    answerer = Answerer(tiny_model_dir, FP32.model_copy(update={"dtype": "bfloat16"}))
+    assert {p.dtype for p in answerer.model.parameters()} == {torch.bfloat16}
+    answers = answerer.answer(QUESTIONS[:2])
+    assert all(a.new_tokens >= 1 and a.ttft_ms > 0 for a in answers)
+
+
+@pytest.mark.parametrize("passages", [None, 2])
+def test_shared_prefix_is_how_every_prompt_of_the_system_starts(tiny_model_dir, passages):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = shared_prefix_ids(tokenizer, FP32, passages)
+    assert len(ids) > 3
+    from tasks.prompts import build_messages, render_prompt
+
+    for question in QUESTIONS:
+        prompt = render_prompt(tokenizer, build_messages(question, ["x y"] * passages if passages else None, FP32))
+        assert tokenizer(prompt, add_special_tokens=False)["input_ids"][:len(ids)] == ids
+
+
+def test_one_question_reuses_the_prefix_cache_and_answers_as_a_whole_prefill_does(tiny_model_dir):
+    cached = Answerer(tiny_model_dir, FP32)
+    whole = Answerer(tiny_model_dir, FP32)
+    whole._prefix = PrefixCache(whole.model, [])  # no shared tokens: every prompt prefilled whole
+    with_cache = [cached.answer([q], batch_size=1)[0] for q in QUESTIONS]
+    without = [whole.answer([q], batch_size=1)[0] for q in QUESTIONS]
+    assert cached._prefix is not None and len(cached._prefix.ids) > 3
+    assert [a.text for a in with_cache] == [a.text for a in without]
+    assert [a.new_tokens for a in with_cache] == [a.new_tokens for a in without]
+    assert [a.prompt_tokens for a in with_cache] == [a.prompt_tokens for a in without]
+
+
+def test_prefix_cache_is_handed_out_only_for_one_prompt_that_starts_with_it(tiny_model_dir):
+    answerer = Answerer(tiny_model_dir, FP32)
+    ids = shared_prefix_ids(answerer.tokenizer, FP32, None)
+    cache = PrefixCache(answerer.model, ids)
+    prompt = torch.tensor([ids + [5, 6]])
+    first, second = cache.for_prompt(prompt), cache.for_prompt(prompt)
+    assert first is not None and first is not second and first is not cache.cache  # a copy generation may extend
+    assert cache.for_prompt(torch.tensor([ids])) is None  # nothing after the prefix to prefill
+    assert cache.for_prompt(torch.tensor([[ids[0] + 1] + ids[1:] + [5]])) is None  # another start
+    assert cache.for_prompt(torch.tensor([ids + [5], ids + [6]])) is None  # a batch pads on the left
