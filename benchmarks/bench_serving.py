@@ -11,7 +11,8 @@ first over the time after it.
 Baseline, in the same process: the same champion in float32 without the shared-prefix KV cache (how it
 was served before). Ours: the configured `generation.dtype` (auto: bfloat16 on CPUs with bf16
 instructions) with the prefix cache (tasks.prefix_cache). Quality: answers differing and the F1 difference
-(ours - baseline) with its paired bootstrap interval over the same questions.
+(ours - baseline) with its paired bootstrap interval over the same questions, and for each side how many
+one-at-a-time answers differ from the evaluation's batched ones (padding changes the arithmetic).
 
     .venv/bin/python benchmarks/bench_serving.py
     .venv/bin/python benchmarks/bench_serving.py --questions 24 --threads 2
@@ -99,8 +100,11 @@ def main() -> None:
     questions, golds = test["question"].tolist(), [list(g) for g in test["answer"]]
 
     ours = one_at_a_time(answerer, questions)
+    ours_batched = answerer.answer(questions)
     ours_label = f"{cfg.generation.dtype} + prefix cache (ours)"
-    baseline = one_at_a_time(float32_baseline(answerer), questions)
+    baseline_answerer = float32_baseline(answerer)
+    baseline = one_at_a_time(baseline_answerer, questions)
+    baseline_batched = baseline_answerer.answer(questions)
     ours_f1 = [f1(a.text, g) for a, g in zip(ours, golds, strict=True)]
     base_f1 = [f1(a.text, g) for a, g in zip(baseline, golds, strict=True)]
     reference = float(np.percentile([a.ttft_ms for a in baseline], 50))
@@ -119,6 +123,10 @@ def main() -> None:
     console.print(f"answers differing: {differing} of {len(questions)}; "
                   f"F1 ours - baseline {delta.mean_difference:+.3f} [{delta.ci_low:+.3f}, {delta.ci_high:+.3f}] "
                   "(paired bootstrap, 95%)")
+    for label, single, batched in (("baseline", baseline, baseline_batched), ("ours", ours, ours_batched)):
+        moved = sum(a.text != b.text for a, b in zip(single, batched, strict=True))
+        console.print(f"{label}: {moved} of {len(questions)} one-at-a-time answers differ from the evaluation's "
+                      f"batched answers (batch {cfg.generation.batch_size}, left padding)")
     p50 = float(np.percentile([a.ttft_ms for a in ours], 50))
     console.print(f"TTFT p50 {p50:.0f} ms: goal <= {GOAL_MS:.0f} ms {'met' if p50 <= GOAL_MS else 'NOT met'}")
 
