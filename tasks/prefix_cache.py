@@ -24,9 +24,12 @@ SLOT = "RAGTUNESLOT"  # stands for the variable text (question, passages) while 
 
 
 def shared_prefix_ids(tokenizer: PreTrainedTokenizerBase, cfg: GenerationConfig, passages: int | None) -> list[int]:
-    """Token ids every prompt of this system starts with (`passages`: how many it retrieves, None = closed book)."""
+    """Token ids every prompt of this system starts with (`passages`: how many it retrieves, None = closed book);
+    none when the chat template does not carry the user's text verbatim."""
     prompt = render_prompt(tokenizer, build_messages(SLOT, [SLOT] * passages if passages else None, cfg))
-    return tokenizer(prompt[:prompt.index(SLOT)], add_special_tokens=False)["input_ids"][:-1]
+    if (start := prompt.find(SLOT)) < 0:
+        return []
+    return tokenizer(prompt[:start], add_special_tokens=False)["input_ids"][:-1]
 
 
 class PrefixCache:

@@ -74,3 +74,9 @@ def test_prefix_cache_is_handed_out_only_for_one_prompt_that_starts_with_it(tiny
     assert cache.for_prompt(torch.tensor([ids])) is None  # nothing after the prefix to prefill
     assert cache.for_prompt(torch.tensor([[ids[0] + 1] + ids[1:] + [5]])) is None  # another start
     assert cache.for_prompt(torch.tensor([ids + [5], ids + [6]])) is None  # a batch pads on the left
+
+
+def test_no_prefix_is_shared_when_the_template_rewrites_the_users_text(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] | lower }}\n{% endfor %}"
+    assert shared_prefix_ids(tokenizer, FP32, 2) == []
