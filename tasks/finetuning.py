@@ -90,11 +90,12 @@ class TrainedAdapter:
         return self.result.adapter_dir
 
 
-def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, index_version: str | None,
+def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, retrieval: dict | None,
                 cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int, runtime: Runtime) -> str:
-    """Names an adapter by everything that shapes its weights (not by where or how often it is saved)."""
+    """Names an adapter by everything that shapes its weights (not by where or how often it is saved);
+    `retrieval` is the retriever's identity for modes trained on retrieved passages."""
     payload = json.dumps({"mode": mode, "base": weights_key(base_model_dir), "fp": qa_fingerprint,
-                          "index": index_version,
+                          "index": retrieval,
                           "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS),
                           "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
                           "runtime": asdict(runtime)},
@@ -116,8 +117,8 @@ def finetune(mode: Mode, base_model_dir: str, train_qa: pd.DataFrame, eval_qa: p
     `store`), or resume an interrupted one. An adapter is trained once across machines: under its lock, and
     published to the store when trained here."""
     runtime = select_runtime(cfg)
-    index_version = retriever.version if (ADAPTER_MODES[mode].with_passages and retriever) else None
-    key = adapter_key(mode, base_model_dir, qa_fingerprint, index_version, cfg, gen_cfg, seed, runtime)
+    retrieval = retriever.identity if (ADAPTER_MODES[mode].with_passages and retriever) else None
+    key = adapter_key(mode, base_model_dir, qa_fingerprint, retrieval, cfg, gen_cfg, seed, runtime)
     out_dir = Path(cfg.output_root) / key
     with exclusive(lock_name("adapter", key), Path(cfg.output_root) / ".locks") as waited:
         fetched = not (out_dir / "result.json").is_file() and store is not None and store.fetch("adapters", key,

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from tasks.stage_cache import StageCache, stage_key
 from tasks.vector_index import FLAT, build_faiss, choose_type, recall_vs_exact
 
 CURRENT = "CURRENT"
+VARIANTS = ("dense", "lexical", "hybrid")  # retrieval modes whose validation recall every index run logs
 FILES = ("index.faiss", "chunks.parquet", "vectors.npy", "manifest.json")
 
 
@@ -253,6 +254,7 @@ class IndexReport:
     build: IndexBuild
     quality: dict[str, float]  # val_recall_at_3, test_mrr_at_5, ... for every k in eval_k and top_k
     manifest: dict
+    variants: dict[str, float] = field(default_factory=dict)  # val_dense_recall_at_3, val_hybrid_mrr, ...
 
 
 def refresh_index(documents: pd.DataFrame, cfg: IndexConfig, validation_qa: pd.DataFrame, test_qa: pd.DataFrame,
@@ -265,14 +267,20 @@ def refresh_index(documents: pd.DataFrame, cfg: IndexConfig, validation_qa: pd.D
     ks = sorted({*cfg.eval_k, cfg.top_k})
     cache = StageCache(cache_root, "retrieval")
     key = stage_key(index=build.version, search=cfg.model_dump(mode="json", exclude={"root"}), ks=ks,
-                    validation=fingerprint_qa(validation_qa), test=fingerprint_qa(test_qa))
-    if (quality := cache.get(key)) is None:
+                    validation=fingerprint_qa(validation_qa), test=fingerprint_qa(test_qa), variants=VARIANTS)
+    if (measured := cache.get(key)) is None:
         retriever = Retriever(build.path, cfg)
-        quality = {f"{prefix}_{name}": value
-                   for prefix, qa in (("val", validation_qa), ("test", test_qa))
-                   for name, value in evaluate_retrieval(retriever, qa, ks).items()}
-        cache.put(key, quality)
-    return IndexReport(build, quality, json.loads((build.path / "manifest.json").read_text()))
+        measured = {
+            "quality": {f"{prefix}_{name}": value
+                        for prefix, qa in (("val", validation_qa), ("test", test_qa))
+                        for name, value in evaluate_retrieval(retriever, qa, ks).items()},
+            "variants": {f"val_{mode}_{name}": value for mode in VARIANTS
+                         for name, value in evaluate_retrieval(retriever, validation_qa, ks, mode).items()
+                         if name.startswith(("recall", "mrr"))},
+        }
+        cache.put(key, measured)
+    return IndexReport(build, measured["quality"], json.loads((build.path / "manifest.json").read_text()),
+                       measured["variants"])
 
 
 def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> RunRecord:
@@ -287,8 +295,9 @@ def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> Run
               "faiss_type": build.faiss_type},
         params={"chunking": cfg.chunking.strategy, "max_tokens": cfg.chunking.max_tokens,
                 "overlap_tokens": cfg.chunking.overlap_tokens, "faiss_type": build.faiss_type, "top_k": cfg.top_k,
+                "retrieval": cfg.retrieval.mode,
                 "embedding_model": report.manifest["embedding_model"]},
-        metrics={**report.quality, **counts},
+        metrics={**report.quality, **report.variants, **counts},
         dicts={"index/manifest.json": report.manifest},
     )
 
@@ -300,4 +309,6 @@ def index_summary(report: IndexReport, cfg: IndexConfig) -> str:
     return (f"index {build.version} ({how}{waited}, {build.faiss_type}): "
             f"{build.num_chunks} chunks, {build.embedded} embedded, {build.reused_vectors} reused, "
             f"{build.removed} removed; validation recall@{k} {report.quality.get(f'val_recall_at_{k}', nan):.3f}, "
-            f"ndcg@{k} {report.quality.get(f'val_ndcg_at_{k}', nan):.3f}")
+            f"ndcg@{k} {report.quality.get(f'val_ndcg_at_{k}', nan):.3f} ({cfg.retrieval.mode}; "
+            + ", ".join(f"{mode} {report.variants.get(f'val_{mode}_recall_at_{k}', nan):.3f}" for mode in VARIANTS)
+            + ")")

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.index_settings import IndexConfig
+from tasks.index_settings import IndexConfig, RetrievalMode
+from tasks.lexical_index import LexicalIndex, reciprocal_rank_fusion
 from tasks.metrics import retrieval_scores
 from tasks.models import embedding_model_dir
 from tasks.vector_index import FLAT, configure_search
@@ -64,7 +65,8 @@ def faiss_type(manifest: dict) -> str:
 
 
 class Retriever:
-    """Top-k search over one index version; the embedding model is shared per process."""
+    """Top-k search over one index version by the configured mode (`index.retrieval`); the embedding model is
+    shared per process, the BM25 index is built on first lexical search."""
 
     def __init__(self, index_dir: Path, cfg: IndexConfig):
         import faiss
@@ -76,33 +78,57 @@ class Retriever:
         configure_search(self.index, faiss_type(self.manifest), cfg.faiss)
         chunks = pd.read_parquet(self.index_dir / "chunks.parquet", columns=["chunk_id", "doc_id", "text"])
         self._chunk_ids, self._doc_ids, self._texts = (chunks[c].tolist() for c in ("chunk_id", "doc_id", "text"))
+        self._lexical: LexicalIndex | None = None
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
 
+    @property
+    def identity(self) -> dict:
+        """What decides the passages found: the index version and the search settings (a cache key part)."""
+        return {"version": self.version, "retrieval": self.cfg.retrieval.model_dump(mode="json")}
+
+    def lexical(self) -> LexicalIndex:
+        if self._lexical is None:
+            self._lexical = LexicalIndex(self._texts, self.cfg.retrieval.lexical)
+        return self._lexical
+
     def chunk_table(self) -> pd.DataFrame:
         """Every chunk of this version (ids, text, span, content hash), in index order."""
         return pd.read_parquet(self.index_dir / "chunks.parquet")
 
-    def search(self, queries: list[str], k: int | None = None) -> list[list[Hit]]:
+    def search(self, queries: list[str], k: int | None = None, mode: RetrievalMode | None = None) -> list[list[Hit]]:
+        """The top `k` (default `top_k`) chunks per query by `mode` (default: the configured one). Hybrid
+        scores are reciprocal-rank-fusion scores, dense ones cosine similarities, lexical ones BM25."""
         if not queries:  # e.g. a dataset without a validation split
             return []
-        return self.search_vectors(embed(queries, self.cfg), k)
-
-    def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[Hit]]:
         k = min(k or self.cfg.top_k, self.index.ntotal)
-        scores, ids = self.index.search(vectors, k)
-        return [[Hit(self._chunk_ids[i], self._doc_ids[i], self._texts[i], float(s))
-                 for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+        mode = mode or self.cfg.retrieval.mode
+        depth = k if mode != "hybrid" else max(k, self.cfg.retrieval.fusion_depth)
+        dense = self._dense_rows(embed(queries, self.cfg), depth) if mode != "lexical" else None
+        lexical = self.lexical().search(queries, depth) if mode != "dense" else None
+        if dense is None or lexical is None:
+            return [self._hits(row) for row in (lexical if dense is None else dense)]
+        return [self._hits(reciprocal_rank_fusion([[r for r, _ in d], [r for r, _ in lex]],
+                                                  self.cfg.retrieval.rrf_k)[:k])
+                for d, lex in zip(dense, lexical, strict=True)]
+
+    def _dense_rows(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        scores, ids = self.index.search(vectors, min(k, self.index.ntotal))
+        return [[(int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
                 for row_scores, row_ids in zip(scores, ids, strict=True)]
 
+    def _hits(self, rows: list[tuple[int, float]]) -> list[Hit]:
+        return [Hit(self._chunk_ids[i], self._doc_ids[i], self._texts[i], s) for i, s in rows]
 
-def evaluate_retrieval(retriever: Retriever, qa: pd.DataFrame, ks: Sequence[int]) -> dict[str, float]:
+
+def evaluate_retrieval(retriever: Retriever, qa: pd.DataFrame, ks: Sequence[int],
+                       mode: RetrievalMode | None = None) -> dict[str, float]:
     """Mean recall/precision/mrr/ndcg of the gold document at each k: keys like `recall_at_5`."""
     if qa.empty:
         return {}
-    hits = retriever.search(qa["question"].tolist(), max(ks))
+    hits = retriever.search(qa["question"].tolist(), max(ks), mode)
     out = {}
     for k in ks:
         per_q = [retrieval_scores([h.doc_id for h in row], gold, k)

@@ -30,6 +30,20 @@ CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT = "config"
 ARTIFACTS = (CONFIG_ARTIFACT, CANDIDATE_ARTIFACT, ADAPTER_ARTIFACT, INDEX_ARTIFACT)
 
 
+# Settings that versions registered before they existed were evaluated with (today's defaults differ).
+LEGACY_DEFAULTS = {("index", "retrieval"): "index.retrieval.mode=dense",
+                   ("generation", "dtype"): "generation.dtype=float32"}
+
+
+def legacy_overrides(config_path: Path) -> list[str]:
+    """Overrides that make an older registered config answer as it was evaluated."""
+    import yaml
+
+    raw = yaml.safe_load(config_path.read_text()) or {}
+    return [override for (section, key), override in LEGACY_DEFAULTS.items()
+            if key not in (raw.get(section) or {})]
+
+
 def build_answerer(artifacts: Mapping[str, str]) -> tuple[dict[str, str], AnswerSource]:
     """The candidate's description and its answerer, built from a registered version's artifacts
     (name -> local path) by this installed package."""
@@ -40,7 +54,7 @@ def build_answerer(artifacts: Mapping[str, str]) -> tuple[dict[str, str], Answer
     from tasks.retrieval import Retriever
     from tasks.settings import load_config
 
-    cfg = load_config(artifacts[CONFIG_ARTIFACT])
+    cfg = load_config(artifacts[CONFIG_ARTIFACT], legacy_overrides(Path(artifacts[CONFIG_ARTIFACT])))
     candidate = json.loads(Path(artifacts[CANDIDATE_ARTIFACT]).read_text())
     retriever = Retriever(Path(artifacts[INDEX_ARTIFACT]), cfg.index) if INDEX_ARTIFACT in artifacts else None
     answerer = answerer_for(candidates.get(candidate["name"]), cfg, resolve_model_dir(cfg.base_model, cfg.model_cache),

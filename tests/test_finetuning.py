@@ -28,6 +28,7 @@ QA6 = pd.DataFrame({
     "doc_id": ["d1", "d2", "d1", "d2", "d1", "d2"], "split": ["train"] * 6,
 })
 CPU = training.Runtime("cpu", "float32", 2)
+IDX = {"version": "idx"}  # a retriever identity
 
 
 class Killed(RuntimeError):
@@ -204,11 +205,11 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model_dir, tmp_pat
 
 
 def test_adapter_key_follows_prompts_not_decoding_settings(tiny_model_dir):
-    key = finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), GEN, 13, CPU)
+    key = finetuning.adapter_key("raft", tiny_model_dir, "fp", IDX, FinetuneConfig(), GEN, 13, CPU)
     decoding = GEN.model_copy(update={"batch_size": 16, "max_new_tokens": 32, "stop": ["###"]})
-    assert finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), decoding, 13, CPU) == key
+    assert finetuning.adapter_key("raft", tiny_model_dir, "fp", IDX, FinetuneConfig(), decoding, 13, CPU) == key
     prompt = GEN.model_copy(update={"system_prompt": "Answer in French."})
-    assert finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), prompt, 13, CPU) != key
+    assert finetuning.adapter_key("raft", tiny_model_dir, "fp", IDX, FinetuneConfig(), prompt, 13, CPU) != key
 
 
 def test_closed_book_adapter_is_keyed_by_its_train_and_validation_questions_only(tiny_model_dir, tmp_path):
@@ -243,5 +244,5 @@ def test_adapter_key_names_the_base_weights_not_their_path(tiny_model_dir, tmp_p
     import shutil
 
     elsewhere = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
-    key = finetuning.adapter_key("raft", tiny_model_dir, "fp", "idx", FinetuneConfig(), GEN, 13, CPU)
-    assert finetuning.adapter_key("raft", str(elsewhere), "fp", "idx", FinetuneConfig(), GEN, 13, CPU) == key
+    key = finetuning.adapter_key("raft", tiny_model_dir, "fp", IDX, FinetuneConfig(), GEN, 13, CPU)
+    assert finetuning.adapter_key("raft", str(elsewhere), "fp", IDX, FinetuneConfig(), GEN, 13, CPU) == key
