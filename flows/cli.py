@@ -69,6 +69,35 @@ def validate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: Data
     console.print(result.validation.to_markdown())
 
 
+@app.command()
+def tune(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None,
+         budget_minutes: Annotated[float | None, typer.Option(help="Study budget in minutes (tune.budget_minutes), "
+                                                              "summed over resumes.")] = None,
+         trials: Annotated[int | None, typer.Option(help="Trials at most (tune.max_trials), summed over resumes.")]
+         = None,
+         out: Annotated[str | None, typer.Option("--out", "-o", help="Tuned config to write (default: "
+                                                 "<config>-tuned.yaml beside the config).")] = None) -> None:
+    """Search the retrieval settings (chunking, dense/lexical/hybrid search, fusion) on the validation split,
+    at the same passage budget per question; the same command after a kill resumes the search. Writes the
+    best settings as a config for `ragtune run`."""
+    from flows.tune import tune_flow
+    from tasks.tuning_report import terminal_table
+
+    extra = [*([f"tune.budget_minutes={budget_minutes}"] if budget_minutes else []),
+             *([f"tune.max_trials={trials}"] if trials else [])]
+    result = _run(tune_flow, config=config, overrides=[*(set_ or []), *extra], data=data, out=out)
+    summary = result.summary
+    console.print(terminal_table(summary.trials))
+    base = summary.baseline
+    console.print(f"best: trial {summary.best.number}, validation {summary.metric}@k {summary.best.value:.4f}"
+                  + (f" (the config's own settings: {base.value:.4f})" if base else "")
+                  + f"; {len(summary.trials)} trials, {summary.seconds:.0f} s")
+    console.print(f"settings found: {' '.join(summary.best.overrides)}")
+    console.print(Text.assemble("tuned config written to ", (str(summary.config_path), "bold"), "; next: ",
+                                (f"ragtune run --config {summary.config_path}", "bold")))
+    console.print(f"MLflow parent run: {result.run_id}")
+
+
 index_app = typer.Typer(help="Build, inspect and query the versioned FAISS index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 

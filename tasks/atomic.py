@@ -1,4 +1,4 @@
-"""Write a directory completely or not at all: build it under a staging name, then rename it into place.
+"""Write a directory (or a file) completely or not at all: build it under a staging name, then rename it into place.
 
 A reader never sees a half-written directory, and a killed writer leaves only a dot-named staging
 directory, which `clear_staging` removes before the next write.
@@ -6,6 +6,7 @@ directory, which `clear_staging` removes before the next write.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,3 +34,17 @@ def clear_staging(directory: Path, prefix: str) -> None:
     for stale in Path(directory).glob(f".{prefix}*"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write a file completely or not at all (a staging file beside it, renamed into place)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise

@@ -23,6 +23,7 @@ from tasks.index_settings import IndexConfig
 from tasks.redaction import redact, redact_value, reveal_hidden
 from tasks.scale_settings import ScaleConfig
 from tasks.schema import SPLITS
+from tasks.tune_settings import TuneConfig
 
 
 class AnswerInferenceConfig(Strict):
@@ -295,6 +296,7 @@ class PipelineConfig(Strict):
     gateway: GatewayConfig = GatewayConfig()
     ab: ABConfig = ABConfig()
     scale: ScaleConfig = ScaleConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

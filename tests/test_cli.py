@@ -11,7 +11,7 @@ runner = CliRunner()
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "validate", "index", "finetune", "evaluate", "promote", "ask", "serve", "ui"):
+    for command in ("run", "validate", "index", "finetune", "evaluate", "promote", "ask", "serve", "ui", "tune"):
         assert command in result.output
 
 

@@ -26,7 +26,7 @@ def test_serve_builds_the_deployments_of_prefect_yaml_under_served_names():
     assert {d.name: d.flow_name for d in built} == {
         "nightly-retrain-served": "retrain", "data-change-trigger-served": "watch-data",
         "index-refresh-served": "index", "on-demand-evaluation-served": "evaluate",
-        "daily-ab-report-served": "ab-report"}
+        "daily-ab-report-served": "ab-report", "on-demand-tuning-served": "tune"}
 
 
 def test_a_served_trigger_starts_the_served_retraining():
