@@ -96,7 +96,8 @@ def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, retrieval:
     `retrieval` is the retriever's identity for modes trained on retrieved passages."""
     payload = json.dumps({"mode": mode, "base": weights_key(base_model_dir), "fp": qa_fingerprint,
                           "index": retrieval,
-                          "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS),
+                          "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS | (
+                              set() if ADAPTER_MODES[mode].with_passages else {"raft"})),
                           "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
                           "runtime": asdict(runtime)},
                          sort_keys=True)

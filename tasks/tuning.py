@@ -1,9 +1,9 @@
 """Tuning (`ragtune tune`): Optuna studies on the validation split, stored so a killed search resumes.
 
 The retrieval study searches chunking, search mode and fusion for the retrieving candidates, scored by
-how well the gold document is ranked for the validation questions. Every trial gives the generator the
-same number of passage tokens, so `index.top_k` follows from the chunk length. A study reads the
-documents and the validation questions only: `tuning_data` drops the test split before anything runs.
+how high the first relevant passage ranks for each validation question (`first_relevant`). Every trial
+gives the generator the same number of passage tokens, so `index.top_k` follows from the chunk length. A
+study reads the documents and the validation questions only: `tuning_data` drops the test split first.
 The config's own settings are the first trial (the baseline the best trial is compared with).
 """
 
@@ -33,7 +33,7 @@ from tasks.tune_settings import RetrievalSpace, TuneConfig
 KEPT_TRIAL_INDEXES = 2  # index versions kept under a study's own index root (trial indexes are rebuilt cheaply)
 
 
-class TestSplitRead(UserError, AssertionError):
+class TestSplitRead(AssertionError):
     """A tuning step was handed test questions (a bug: the test split is for the final comparison only)."""
 
 
@@ -58,8 +58,9 @@ def tuning_data(dataset: Dataset, cfg: PipelineConfig) -> TuningData:
     """What a study may read: the documents and the validation questions (capped as evaluation caps them)."""
     validation = dataset.split("validation", cfg.data.max_questions_per_split.get("validation"))
     if validation.empty:
-        raise UserError(f"{dataset.source}: tuning needs validation questions (split == 'validation'), found none; "
-                        "set data.split_by or add a validation split")
+        raise UserError(f"{dataset.source}: tuning needs validation questions (rule: at least one QA row with "
+                        "split == 'validation'), found none; add a validation split to the QA table, or for SQuAD "
+                        "data give it a share in data.split_fractions")
     return TuningData(dataset.documents, validation)
 
 

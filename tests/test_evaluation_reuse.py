@@ -25,6 +25,7 @@ def test_key_changes_with_what_the_evaluation_reads():
     assert _key(docs={**DOCS, "d1": "The office opens at 9 am."}) != base  # a gold document
     assert _key(cfg=load_config(ROOT / "configs" / "ci.yaml", ["generation.max_new_tokens=9"])) != base
     assert _key(cfg=load_config(ROOT / "configs" / "ci.yaml", ["evaluation.bootstrap_samples=300"])) != base
+    assert _key(cfg=load_config(ROOT / "configs" / "ci.yaml", ["index.retrieval.mode=dense"])) != base
 
 
 def test_key_ignores_what_the_evaluation_does_not_read():
@@ -35,6 +36,9 @@ def test_key_ignores_what_the_evaluation_does_not_read():
     others = load_config(ROOT / "configs" / "ci.yaml", ["evaluation.candidates=[hybrid]", "index.root=/tmp/i",
                                                         "cache_root=/tmp/c", "finetune.epochs=7"])
     assert _key(cfg=others) == base
+    searched = load_config(ROOT / "configs" / "ci.yaml", ["index.retrieval.mode=dense", "index.top_k=4"])
+    assert _key(cfg=searched, candidate="finetuned", adapter="/x/closed_book-abc", index=None) == _key(
+        candidate="finetuned", adapter="/x/closed_book-abc", index=None)  # a closed-book candidate never searches
 
 
 def test_evaluation_set_id_names_questions_answers_and_gold_documents():

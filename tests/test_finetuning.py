@@ -212,6 +212,14 @@ def test_adapter_key_follows_prompts_not_decoding_settings(tiny_model_dir):
     assert finetuning.adapter_key("raft", tiny_model_dir, "fp", IDX, FinetuneConfig(), prompt, 13, CPU) != key
 
 
+def test_only_the_raft_adapter_is_keyed_by_the_raft_settings(tiny_model_dir):
+    raft = FinetuneConfig(raft={"top_k": 1})
+    for mode, index in (("closed_book", None), ("raft", IDX)):
+        same = finetuning.adapter_key(mode, tiny_model_dir, "fp", index, FinetuneConfig(), GEN, 13, CPU) == \
+            finetuning.adapter_key(mode, tiny_model_dir, "fp", index, raft, GEN, 13, CPU)
+        assert same == (mode == "closed_book")
+
+
 def test_closed_book_adapter_is_keyed_by_its_train_and_validation_questions_only(tiny_model_dir, tmp_path):
     from tasks.data_loading import Dataset, fingerprint_tables
     from tasks.settings import load_config
