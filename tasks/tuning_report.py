@@ -3,6 +3,7 @@ and the tables a person reads in the terminal and the Prefect UI."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,10 +83,15 @@ def history_figure(study):
     import matplotlib
 
     matplotlib.use("Agg")
+    from optuna.exceptions import ExperimentalWarning
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    axes = plot_optimization_history(study)
-    axes.set_title(f"{study.study_name}: validation objective per trial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # optuna's matplotlib backend is marked experimental
+        axes = plot_optimization_history(study)
+    axes.set_title(f"validation objective per trial\n{study.study_name}", fontsize=10)
+    axes.figure.set_size_inches(9, 5)
+    axes.figure.tight_layout()
     return axes.figure
 
 
