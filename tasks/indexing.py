@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.artifact_store import ArtifactStore
-from tasks.atomic import atomic_directory, clear_staging
+from tasks.atomic import atomic_directory, atomic_write_text, clear_staging
 from tasks.chunking import chunk_documents
 from tasks.data_loading import fingerprint_documents, fingerprint_qa
 from tasks.errors import MissingArtifactError, UserError
@@ -84,10 +83,7 @@ def index_version(fingerprint: str, cfg: IndexConfig) -> str:
 
 
 def _write_pointer(root: Path, version: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".CURRENT-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(version)
-    os.replace(tmp, root / CURRENT)
+    atomic_write_text(root / CURRENT, version)
 
 
 @contextmanager

@@ -24,12 +24,14 @@ from tasks.data_loading import Dataset, fingerprint_documents, fingerprint_qa
 from tasks.errors import UserError
 from tasks.index_settings import IndexConfig
 from tasks.indexing import build_index
+from tasks.metrics import retrieval_scores
 from tasks.models import embedding_model_dir, weights_key
 from tasks.retrieval import Hit, Retriever, embedder
 from tasks.settings import PipelineConfig, apply_overrides, config_from_dict
 from tasks.text import normalize_answer
 from tasks.tune_settings import RetrievalSpace, TuneConfig
 
+RELEVANT = "relevant"  # the label of the first relevant passage, scored like a gold document id
 KEPT_TRIAL_INDEXES = 2  # index versions kept under a study's own index root (trial indexes are rebuilt cheaply)
 
 
@@ -144,13 +146,15 @@ def score_retrieval(data: TuningData, index_cfg: IndexConfig, metric: str, need_
     build = build_index(data.documents, fingerprint_documents(data.documents), index_cfg)
     k = index_cfg.top_k
     hits = Retriever(build.path, index_cfg).search(data.validation["question"].tolist(), k)
-    ranks = [first_relevant(row, list(qa.answer), qa.doc_id, need_answer)
-             for row, qa in zip(hits, data.validation.itertuples(index=False), strict=True)]
-    scores = {"recall_at_k": float(np.mean([r is not None for r in ranks])),
-              "mrr_at_k": float(np.mean([1 / r if r else 0.0 for r in ranks])),
-              "ndcg_at_k": float(np.mean([1 / np.log2(1 + r) if r else 0.0 for r in ranks])),
-              "doc_recall_at_k": float(np.mean([any(h.doc_id == qa.doc_id for h in row) for row, qa in
-                                                zip(hits, data.validation.itertuples(index=False), strict=True)]))}
+    per_question = []
+    for row, qa in zip(hits, data.validation.itertuples(index=False), strict=True):
+        rank = first_relevant(row, list(qa.answer), qa.doc_id, need_answer)
+        relevant = retrieval_scores([RELEVANT if i == rank else "" for i in range(1, len(row) + 1)], RELEVANT, k)
+        per_question.append({**relevant, "doc_recall_at_k": retrieval_scores([h.doc_id for h in row], qa.doc_id,
+                                                                             k)["recall_at_k"]})
+    scores = {name: float(np.mean([q[source] for q in per_question]))
+              for name, source in (("recall_at_k", "recall_at_k"), ("mrr_at_k", "mrr"), ("ndcg_at_k", "ndcg_at_k"),
+                                   ("doc_recall_at_k", "doc_recall_at_k"))}
     return {**scores, "objective": scores[f"{metric}_at_k"], "top_k": float(k), "num_chunks": float(build.num_chunks)}
 
 
