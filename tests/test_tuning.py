@@ -158,3 +158,12 @@ def test_the_tune_flow_logs_each_trial_the_plot_and_the_tuned_config(tmp_path):
     assert {"tuning/optimization_history.png", "tables/trials.csv", "tuned_config.yaml"} <= artifacts
     assert result.summary.config_path == tmp_path / "t.yaml"
     assert load_config(tmp_path / "t.yaml").index.top_k == int(result.summary.best.metrics["top_k"])
+
+
+def test_data_without_validation_questions_is_refused_with_the_key_that_gives_them(tmp_path):
+    from tasks.errors import UserError
+
+    cfg, dataset = _setup(tmp_path)
+    no_validation = Dataset(dataset.documents, dataset.qa[dataset.qa["split"] != "validation"], "fp", dataset.source)
+    with pytest.raises(UserError, match=r"data/demo.*split == 'validation'.*data\.split_fractions"):
+        tuning.tuning_data(no_validation, cfg)
