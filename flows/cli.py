@@ -71,30 +71,29 @@ def validate(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: Data
 
 @app.command()
 def tune(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, data: DataOpt = None,
-         budget_minutes: Annotated[float | None, typer.Option(help="Study budget in minutes (tune.budget_minutes), "
-                                                              "summed over resumes.")] = None,
-         trials: Annotated[int | None, typer.Option(help="Trials at most (tune.max_trials), summed over resumes.")]
+         budget_minutes: Annotated[float | None, typer.Option(help="Budget of each study in minutes "
+                                                              "(tune.budget_minutes), summed over resumes.")] = None,
+         trials: Annotated[int | None, typer.Option(help="Trials of each study at most (tune.max_trials).")]
          = None,
          out: Annotated[str | None, typer.Option("--out", "-o", help="Tuned config to write (default: "
                                                  "<config>-tuned.yaml beside the config).")] = None) -> None:
-    """Search the retrieval settings (chunking, dense/lexical/hybrid search, fusion) on the validation split,
-    at the same passage budget per question; the same command after a kill resumes the search. Writes the
-    best settings as a config for `ragtune run`."""
+    """Tune every candidate on the validation split before they are compared, each study in the same budget:
+    the retrieval settings (chunking, dense/lexical/hybrid search, fusion) at a fixed passage budget, then each
+    adapter candidate's finetune settings (pruned on held-out loss). The same command after a kill resumes.
+    Writes the best settings as a config for `ragtune run`."""
     from flows.tune import tune_flow
-    from tasks.tuning_report import terminal_table
+    from tasks.tuning_report import study_line, terminal_table
 
     extra = [*([f"tune.budget_minutes={budget_minutes}"] if budget_minutes else []),
              *([f"tune.max_trials={trials}"] if trials else [])]
     result = _run(tune_flow, config=config, overrides=[*(set_ or []), *extra], data=data, out=out)
-    summary = result.summary
-    console.print(terminal_table(summary.trials))
-    base = summary.baseline
-    console.print(f"best: trial {summary.best.number}, validation {summary.metric}@k {summary.best.value:.4f}"
-                  + (f" (the config's own settings: {base.value:.4f})" if base else "")
-                  + f"; {len(summary.trials)} trials, {summary.seconds:.0f} s")
-    console.print(f"settings found: {' '.join(summary.best.overrides)}")
-    console.print(Text.assemble("tuned config written to ", (str(summary.config_path), "bold"), "; next: ",
-                                (f"ragtune run --config {summary.config_path}", "bold")))
+    for summary in result.studies:
+        console.print(Text(f"\n{summary.kind}: {summary.space}", style="bold"))
+        console.print(terminal_table(summary.trials))
+        console.print(study_line(summary))
+        console.print(f"settings found: {' '.join(summary.overrides) or 'none'}")
+    console.print(Text.assemble("\ntuned config written to ", (str(result.config_path), "bold"), "; next: ",
+                                (f"ragtune run --config {result.config_path}", "bold")))
     console.print(f"MLflow parent run: {result.run_id}")
 
 

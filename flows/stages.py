@@ -106,7 +106,7 @@ def build_index(ctx: RunContext) -> IndexBuild:
 def finetune(ctx: RunContext, mode: Mode, index: IndexBuild | None) -> TrainedAdapter:
     with ctx.child_run(f"finetune-{mode}") as run:
         result = finetuning.train_adapter(mode, ctx.dataset, ctx.cfg, ctx.base_model_dir, index, ctx.store)
-        log_record(finetuning.finetune_record(result, ctx.cfg.finetune, ctx.dataset.fingerprint,
+        log_record(finetuning.finetune_record(result, ctx.cfg.finetune.for_mode(mode), ctx.dataset.fingerprint,
                                               ctx.cfg.base_model.describe()))
     get_run_logger().info(finetuning.finetune_summary(result))
     return TrainedAdapter(result, run.info.run_id)

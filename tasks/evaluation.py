@@ -221,9 +221,10 @@ def evaluation_key(candidate: Candidate, cfg: PipelineConfig, adapter_dir: str |
                      answer_type=cfg.data.answer_type, labels=cfg.data.labels)
 
 
-def _evaluate_system(candidate: Candidate, cfg: PipelineConfig, base_model_dir: str, adapter_dir: str | None,
-                     index_dir: Path | None, test: pd.DataFrame, dataset: Dataset) -> CandidateReport:
-    """Build the candidate's system, score it, and release its model before the next stage loads another."""
+def evaluate_system(candidate: Candidate, cfg: PipelineConfig, base_model_dir: str, adapter_dir: str | None,
+                    index_dir: Path | None, test: pd.DataFrame, dataset: Dataset) -> CandidateReport:
+    """Build the candidate's system, score it on the questions `test`, and release its model before the next
+    stage loads another."""
     retriever = Retriever(index_dir, cfg.index) if index_dir is not None else None
     answerer = answerer_for(candidate, cfg, base_model_dir, adapter_dir, retriever)
     try:
@@ -252,7 +253,7 @@ def run_candidate(candidate: Candidate, dataset: Dataset, cfg: PipelineConfig, b
         if (stored := cache.get(key)) is not None:
             report, reused_from = stored
         else:
-            report = _evaluate_system(candidate, cfg, base_model_dir, adapter_dir, index_dir, test, dataset)
+            report = evaluate_system(candidate, cfg, base_model_dir, adapter_dir, index_dir, test, dataset)
             cache.put(key, (report, run_id))
     lineage = {"data_fingerprint": dataset.fingerprint, "base_model": cfg.base_model.describe(),
                "index_version": index.version if index_dir is not None else "none",

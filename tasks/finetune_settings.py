@@ -4,10 +4,11 @@ config (tasks.settings)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
+from tasks.candidates import Mode
 from tasks.config_base import Strict
 
 
@@ -68,6 +69,9 @@ class FinetuneConfig(Strict):
         16, ge=1, description="Batches are cut from random pools of this many batches sorted by length "
         "(less padding; 1 sorts within a batch only)."
     )
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="Also measure the held-out loss every this many optimizer steps (the tuner prunes "
+        "on it); None: after every epoch and at the last step only.")
     early_stopping: EarlyStoppingConfig = Field(
         EarlyStoppingConfig(), description="Held-out eval loss is measured after every epoch (and at the "
         "last step); the adapter with the lowest one is kept."
@@ -80,3 +84,35 @@ class FinetuneConfig(Strict):
     gpu: GpuConfig = GpuConfig()
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
     output_root: Path = Path("artifacts/adapters")
+    by_mode: dict[Mode, dict[str, Any]] = Field(
+        default_factory=dict, description="Settings of one adapter mode over the ones above, e.g. "
+        "`by_mode: {raft: {learning_rate: 6.0e-4, lora: {r: 32}}}` (written by `ragtune tune`, which tunes each "
+        "candidate's adapter on its own).")
+
+    @model_validator(mode="after")
+    def _check_by_mode(self) -> FinetuneConfig:
+        for mode in self.by_mode:
+            try:
+                self.for_mode(mode)
+            except ValidationError as err:
+                problems = "; ".join(f"finetune.by_mode.{mode}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                     for e in err.errors())
+                raise ValueError(problems) from None
+        return self
+
+    def for_mode(self, mode: str) -> FinetuneConfig:
+        """The settings adapter mode `mode` trains with: these, with its `by_mode` entry merged over them."""
+        override = self.by_mode.get(mode)
+        if not override:
+            return self
+        if "by_mode" in override:
+            raise ValueError(f"finetune.by_mode.{mode} cannot hold by_mode")
+        return FinetuneConfig.model_validate(_merged(self.model_dump(exclude={"by_mode"}), override))
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, section by section (a nested dict updates, anything else replaces)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

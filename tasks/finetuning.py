@@ -93,11 +93,14 @@ class TrainedAdapter:
 def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, retrieval: dict | None,
                 cfg: FinetuneConfig, gen_cfg: GenerationConfig, seed: int, runtime: Runtime) -> str:
     """Names an adapter by everything that shapes its weights (not by where or how often it is saved);
-    `retrieval` is the retriever's identity for modes trained on retrieved passages."""
+    `retrieval` is the retriever's identity for modes trained on retrieved passages; `cfg` is the mode's own
+    settings (FinetuneConfig.for_mode). Settings added later enter the key only when set, so adapters trained
+    before they existed are still found."""
     payload = json.dumps({"mode": mode, "base": weights_key(base_model_dir), "fp": qa_fingerprint,
                           "index": retrieval,
-                          "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS | (
-                              set() if ADAPTER_MODES[mode].with_passages else {"raft"})),
+                          "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS | {"by_mode"} | (
+                              set() if ADAPTER_MODES[mode].with_passages else {"raft"}) | (
+                              set() if cfg.eval_every_steps else {"eval_every_steps"})),
                           "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
                           "runtime": asdict(runtime)},
                          sort_keys=True)
@@ -181,7 +184,8 @@ def _train(mode: Mode, key: str, base_model_dir: str, train_qa: pd.DataFrame, ev
 
 
 def train_adapter(mode: Mode, dataset: Dataset, cfg: PipelineConfig, base_model_dir: str,
-                  index: IndexBuild | None, store: ArtifactStore | None = None) -> FinetuneResult:
+                  index: IndexBuild | None, store: ArtifactStore | None = None,
+                  on_step: Callable[[TrainState], None] | None = None) -> FinetuneResult:
     """The finetune stage for one adapter mode: train on the train split, keep the adapter with the lowest
     validation loss; a mode whose prompts carry passages retrieves them from `index`."""
     with_passages = ADAPTER_MODES[mode].with_passages
@@ -191,8 +195,8 @@ def train_adapter(mode: Mode, dataset: Dataset, cfg: PipelineConfig, base_model_
     train, validation = dataset.split("train"), dataset.split("validation")
     # Keyed by what it reads: the train/validation QA (and, through the index version, the documents
     # for modes that read passages), so an edited document or a new test question retrains nothing else.
-    return finetune(mode, base_model_dir, train, validation, fingerprint_qa(train, validation), cfg.finetune,
-                    cfg.generation, cfg.seed, retriever, store=store)
+    return finetune(mode, base_model_dir, train, validation, fingerprint_qa(train, validation),
+                    cfg.finetune.for_mode(mode), cfg.generation, cfg.seed, retriever, store=store, on_step=on_step)
 
 
 def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: str, base_model: str) -> RunRecord:
@@ -207,6 +211,8 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
         params={"mode": result.mode, "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "epochs": cfg.epochs,
                 "max_steps": cfg.max_steps, "batch_size": result.batch_size, "learning_rate": cfg.learning_rate,
                 "raft_top_k": cfg.raft.top_k, "raft_gold_probability": cfg.raft.gold_probability,
+                "max_train_examples": cfg.max_train_examples, "raft_max_train_examples": cfg.raft.max_train_examples,
+                "eval_every_steps": cfg.eval_every_steps,
                 "early_stopping_patience": cfg.early_stopping.patience,
                 "early_stopping_min_delta": cfg.early_stopping.min_delta,
                 "checkpoint_every_steps": cfg.checkpoint_every_steps, "memory_budget_gb": cfg.memory_budget_gb,

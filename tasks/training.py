@@ -317,7 +317,9 @@ def train_lora(model: torch.nn.Module, train_enc: list[Encoded], eval_enc: list[
         if epoch_done:
             state.epoch += 1
             state.batches = None
-        if (epoch_done or state.step == total_steps) and _record_eval(
+        every = cfg.eval_every_steps
+        due = epoch_done or state.step == total_steps or bool(every and state.step % every == 0)
+        if due and _record_eval(
                 state, heldout_loss(model, eval_enc, runtime.batch_size, pad_id, runtime), cfg):
             best = trainable_tensors(model)
         finished = state.step == total_steps or state.stopped_early

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from tasks.candidates import CANDIDATES
 from tasks.config_base import Strict
 from tasks.index_settings import RetrievalMode
 
@@ -53,9 +54,36 @@ class RetrievalSpace(Strict):
         "index.chunking.max_tokens of the config being tuned.")
 
 
+class FinetuneSpace(Strict):
+    """What a candidate study searches for the adapter of the candidate it tunes; the other finetune settings stay
+    the config's. Trials train whole epochs (finetune.max_steps is lifted)."""
+
+    learning_rate: FloatRange = Field(FloatRange(low=1.0e-4, high=1.0e-3), description="Learning rates tried "
+                                      "(log scale).")
+    lora_r: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1, description="LoRA ranks tried.")
+    lora_alpha_ratio: list[float] = Field(default_factory=lambda: [1.0, 2.0], min_length=1,
+                                          description="LoRA alpha as a multiple of the rank.")
+    epochs: IntRange = Field(IntRange(low=1, high=3), description="Epochs tried.")
+    train_examples: IntRange = Field(IntRange(low=40, high=320, step=40), description="Training questions tried "
+                                     "(at most the train split's).")
+    gold_probability: FloatRange = Field(FloatRange(low=0.5, high=1.0), description="RAFT: share of training "
+                                         "prompts with the gold passage forced in (adapters trained on passages).")
+    eval_every_steps: int = Field(5, ge=1, description="Held-out loss every this many steps: a trial whose loss is "
+                                  "worse than the median of earlier trials at the same step is pruned.")
+    pruning_startup_trials: int = Field(2, ge=0, description="Trials finished before any is pruned.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneSpace:
+        if self.learning_rate.low <= 0:
+            raise ValueError("learning_rate.low must be above 0 (searched on a log scale)")
+        if self.gold_probability.high > 1:
+            raise ValueError("gold_probability.high must not exceed 1")
+        return self
+
+
 class TuneConfig(Strict):
-    budget_minutes: float = Field(10.0, gt=0, description="Wall-clock budget of a study (summed over resumes); "
-                                  "the running trial finishes.")
+    budget_minutes: float = Field(10.0, gt=0, description="Wall-clock budget of each study: the retrieval study "
+                                  "and every tuned candidate get the same (summed over resumes).")
     max_trials: int = Field(40, ge=1, description="Trials of a study at most (summed over resumes).")
     metric: Literal["recall", "mrr", "ndcg"] = Field(
         "ndcg", description="Retrieval study objective on validation at k = the trial's top_k: ndcg rewards the "
@@ -71,3 +99,16 @@ class TuneConfig(Strict):
     output: Path | None = Field(None, description="Where the best settings are written as a config; null: "
                                 "<config dir>/<config name>-tuned.yaml.")
     retrieval: RetrievalSpace = RetrievalSpace()
+    candidates: list[str] | None = Field(
+        None, description="Candidates whose adapter is tuned, one study each, after the retrieval study; null: "
+        "every evaluated candidate that trains an adapter (tasks/candidates.py); []: the retrieval study only.")
+    finetune: FinetuneSpace = FinetuneSpace()
+
+    @field_validator("candidates")
+    @classmethod
+    def _tunable(cls, names: list[str] | None) -> list[str] | None:
+        untunable = [n for n in names or [] if n not in CANDIDATES or CANDIDATES[n].adapter is None]
+        if untunable:
+            raise ValueError(f"{untunable} cannot be tuned here: a candidate study tunes an adapter; candidates "
+                             f"with one: {[n for n, c in CANDIDATES.items() if c.adapter]}")
+        return names

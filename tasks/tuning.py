@@ -43,6 +43,12 @@ class TestSplitRead(AssertionError):
 class TuningData:
     documents: pd.DataFrame
     validation: pd.DataFrame
+    train: pd.DataFrame  # candidate studies train adapters on it
+
+    def dataset(self, source: str) -> Dataset:
+        """The train and validation questions as a dataset (what the finetune stage reads), without the test split."""
+        qa = pd.concat([self.train, self.validation], ignore_index=True)
+        return Dataset(self.documents, qa, fingerprint_qa(qa), source)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class TrialOutcome:
     metrics: dict[str, float]
     seconds: float
     baseline: bool
+    stopped: str = ""  # why a trial stopped before it was scored (pruned, or the budget ran out)
 
 
 def tuning_data(dataset: Dataset, cfg: PipelineConfig) -> TuningData:
@@ -63,10 +70,10 @@ def tuning_data(dataset: Dataset, cfg: PipelineConfig) -> TuningData:
         raise UserError(f"{dataset.source}: tuning needs validation questions (rule: at least one QA row with "
                         "split == 'validation'), found none; add a validation split to the QA table, or for SQuAD "
                         "data give it a share in data.split_fractions")
-    return TuningData(dataset.documents, validation)
+    return TuningData(dataset.documents, validation, dataset.split("train"))
 
 
-def _assert_no_test(qa: pd.DataFrame) -> None:
+def assert_no_test(qa: pd.DataFrame) -> None:
     if "split" in qa and (qa["split"] == "test").any():
         raise TestSplitRead("tuning was handed test questions: only the validation split may steer a search")
 
@@ -142,7 +149,7 @@ def first_relevant(hits: list[Hit], answers: list[str], gold_doc: str, need_answ
 def score_retrieval(data: TuningData, index_cfg: IndexConfig, metric: str, need_answer: bool) -> dict[str, float]:
     """Validation retrieval at k = top_k of these index settings: recall, mrr and ndcg of the first relevant
     passage (tasks.tuning.first_relevant), the gold document's recall, and `objective` (the study's metric)."""
-    _assert_no_test(data.validation)
+    assert_no_test(data.validation)
     build = build_index(data.documents, fingerprint_documents(data.documents), index_cfg)
     k = index_cfg.top_k
     hits = Retriever(build.path, index_cfg).search(data.validation["question"].tolist(), k)
@@ -177,7 +184,7 @@ def storage_url(cfg: PipelineConfig) -> str:
     return url
 
 
-def open_study(name: str, url: str, seed: int, tune: TuneConfig):
+def open_study(name: str, url: str, seed: int, tune: TuneConfig, pruner=None):
     """Create or load the study; a trial whose process died is failed after 2 heartbeats and retried once."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -187,7 +194,7 @@ def open_study(name: str, url: str, seed: int, tune: TuneConfig):
     storage = RDBStorage(url, heartbeat_interval=tune.heartbeat_s, grace_period=2 * tune.heartbeat_s,
                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed))
+                               sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
 
 
 def spent(study) -> tuple[int, float]:
@@ -201,7 +208,7 @@ def spent(study) -> tuple[int, float]:
 def run_retrieval_study(cfg: PipelineConfig, data: TuningData,
                         on_trial: Callable[[TrialOutcome], None] | None = None):
     """Run (or resume) the retrieval study within what is left of `tune.budget_minutes` and `tune.max_trials`."""
-    _assert_no_test(data.validation)
+    assert_no_test(data.validation)
     study = open_study(study_name(cfg, data), storage_url(cfg), cfg.seed, cfg.tune)
     budget = passage_budget(cfg)
     limit = chunk_token_limit(cfg.index)
@@ -223,18 +230,42 @@ def run_retrieval_study(cfg: PipelineConfig, data: TuningData,
                                   time.perf_counter() - start, "baseline" in trial.user_attrs))
         return metrics["objective"]
 
+    optimize(study, objective, cfg.tune)
+    return study
+
+
+def budget_left(study, tune: TuneConfig) -> tuple[int, float]:
+    """Trials and seconds left of the study's budget (what earlier runs of it spent counts)."""
     done, seconds = spent(study)
-    trials_left = cfg.tune.max_trials - done
-    seconds_left = cfg.tune.budget_minutes * 60 - seconds
+    return tune.max_trials - done, tune.budget_minutes * 60 - seconds
+
+
+def optimize(study, objective: Callable, tune: TuneConfig) -> None:
+    """Run trials while the budget lasts (a trial that started in time finishes, unless the objective stops it)."""
+    trials_left, seconds_left = budget_left(study, tune)
     if trials_left > 0 and seconds_left > 0:
         study.optimize(objective, n_trials=trials_left, timeout=seconds_left, gc_after_trial=True)
-    return study
 
 
 def outcomes(study) -> list[TrialOutcome]:
     """Every finished trial of the study, in trial order."""
     from optuna.trial import TrialState
 
-    return [TrialOutcome(t.number, t.params, t.user_attrs["overrides"], t.value, t.user_attrs["metrics"],
-                         (t.datetime_complete - t.datetime_start).total_seconds(), bool(t.user_attrs.get("baseline")))
+    return [TrialOutcome(t.number, t.user_attrs.get("params", t.params), t.user_attrs["overrides"], t.value,
+                         t.user_attrs["metrics"], (t.datetime_complete - t.datetime_start).total_seconds(),
+                         bool(t.user_attrs.get("baseline")))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def space_text(space: RetrievalSpace, passage_tokens: int) -> str:
+    """What the retrieval study searches, for the report."""
+    return (f"chunking {'/'.join(space.strategies)}, {space.max_tokens.low}-{space.max_tokens.high} tokens, overlap "
+            f"{space.overlap_ratio.low:g}-{space.overlap_ratio.high:g}, search {'/'.join(space.modes)}, rrf_k "
+            f"{space.rrf_k.low}-{space.rrf_k.high}; {passage_tokens} passage tokens per question")
+
+
+def stopped_count(study) -> int:
+    """Trials pruned or stopped by the budget."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))

@@ -19,17 +19,25 @@ from tasks.tuning import TrialOutcome
 
 @dataclass(frozen=True)
 class StudySummary:
+    kind: str  # "retrieval", or the candidate whose adapter the study tunes
     study: str
-    metric: str
+    metric: str  # what the objective is, for a person
     trials: list[TrialOutcome]  # finished, in trial order
-    best: TrialOutcome
+    best: TrialOutcome | None  # None: no trial finished within the budget
     baseline: TrialOutcome | None
-    config_path: Path
-    seconds: float  # summed over the finished trials, resumes included
+    seconds: float  # summed over the finished and stopped trials, resumes included
+    space: str  # what the study searched, for the report
+    stopped: int = 0  # trials pruned or stopped by the budget
 
     @property
     def gain(self) -> float | None:
-        return None if self.baseline is None else self.best.value - self.baseline.value
+        return None if self.baseline is None or self.best is None else self.best.value - self.baseline.value
+
+    @property
+    def overrides(self) -> list[str]:
+        """What the tuned config takes from this study: the best trial's settings, exactly as it was measured
+        (the config's own values when they won)."""
+        return self.best.overrides if self.best is not None else []
 
 
 def best_outcome(trials: list[TrialOutcome]) -> TrialOutcome:
@@ -42,38 +50,55 @@ def default_output(config_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}-tuned.yaml")
 
 
-def write_tuned_config(source: str | Path, applied: list[str], best: TrialOutcome, baseline: TrialOutcome | None,
-                       metric: str, study: str, out: Path) -> Path:
-    """The source config (its own values, not a resolved dump) with the run's overrides and the best settings."""
+def write_tuned_config(source: str | Path, applied: list[str], studies: list[StudySummary], out: Path) -> Path:
+    """The source config (its own values, not a resolved dump) with the run's overrides and each study's best
+    settings, behind a header that says where each came from."""
+    found = [o for s in studies for o in s.overrides]
     raw = yaml.safe_load(Path(source).read_text()) or {}
-    raw = apply_overrides(raw, [*applied, *best.overrides])
-    config_from_dict(raw, str(out), best.overrides)
-    versus = "" if baseline is None else f" (the config's own settings: {baseline.value:.4f})"
-    header = (f"# Written by `ragtune tune` from {source} on {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}:\n"
-              f"# study {study}, trial {best.number}, validation {metric}@{int(best.metrics['top_k'])} "
-              f"{best.value:.4f}{versus}.\n# Settings found: {' '.join(best.overrides)}\n")
-    atomic_write_text(out, header + yaml.safe_dump(raw, sort_keys=False))
+    raw = apply_overrides(raw, [*applied, *found])
+    config_from_dict(raw, str(out), found)
+    lines = [f"# Written by `ragtune tune` from {source} on {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."]
+    for s in studies:
+        lines.append(f"# {study_line(s)}")
+        if s.overrides:
+            lines.append(f"#   settings found: {' '.join(s.overrides)}")
+    atomic_write_text(out, "\n".join(lines) + "\n" + yaml.safe_dump(raw, sort_keys=False))
     return out
+
+
+def study_line(s: StudySummary) -> str:
+    """One line per study: what won, by how much, in how many trials and seconds."""
+    if s.best is None:
+        return f"{s.kind}: no trial finished within the budget (study {s.study})"
+    won = "the config's own settings" if s.best.baseline else f"trial {s.best.number}"
+    versus = f" (the config's own settings {s.baseline.value:.4f})" if s.baseline and not s.best.baseline else ""
+    stopped = f", {s.stopped} stopped early" if s.stopped else ""
+    return (f"{s.kind}: {won}, validation {s.metric} {s.best.value:.4f}{versus}; {len(s.trials)} trials{stopped}, "
+            f"{s.seconds:.0f} s (study {s.study})")
 
 
 def trials_table(trials: list[TrialOutcome]) -> pd.DataFrame:
     """One row per finished trial, best first."""
-    rows = [{"trial": t.number, "baseline": t.baseline, **t.params, "top_k": int(t.metrics["top_k"]),
-             "objective": t.value, **{k: v for k, v in t.metrics.items() if k not in ("objective", "top_k")},
-             "seconds": round(t.seconds, 1)} for t in trials]
+    rows = [{"trial": t.number, "baseline": t.baseline, **t.params, "objective": t.value,
+             **{k: v for k, v in t.metrics.items() if k != "objective"}, "seconds": round(t.seconds, 1)}
+            for t in trials]
     return pd.DataFrame(rows).sort_values("objective", ascending=False, kind="stable") if rows else pd.DataFrame()
+
+
+SHOWN_METRICS = ("top_k", "recall_at_k", "doc_recall_at_k", "f1", "exact_match", "eval_loss")
 
 
 def terminal_table(trials: list[TrialOutcome], rows: int = 10) -> str:
     """The best `rows` trials, narrow enough for a terminal."""
     table = trials_table(trials).head(rows)
-    columns = ["trial", "baseline", "chunking", "max_tokens", "mode", "rrf_k", "top_k", "objective", "recall_at_k",
-               "doc_recall_at_k", "seconds"]
-    return table[[c for c in columns if c in table]].to_markdown(index=False, floatfmt=".3f")
+    params = [c for t in trials for c in t.params]
+    columns = ["trial", "baseline", *dict.fromkeys(params), "objective", *SHOWN_METRICS, "seconds"]
+    return table[[c for c in columns if c in table]].to_markdown(index=False, floatfmt=".4g")
 
 
 def trial_record(outcome: TrialOutcome, study: str) -> RunRecord:
-    return RunRecord(tags={"study": study, "trial": str(outcome.number), "baseline": str(outcome.baseline)},
+    return RunRecord(tags={"study": study, "trial": str(outcome.number), "baseline": str(outcome.baseline),
+                           "stopped": outcome.stopped or "no"},
                      params={**outcome.params, "overrides": " ".join(outcome.overrides)},
                      metrics={**outcome.metrics, "trial_seconds": outcome.seconds})
 
@@ -96,31 +121,38 @@ def history_figure(study):
 
 
 def study_record(summary: StudySummary, study) -> RunRecord:
-    """The tune parent run: best settings and value, the baseline's, the trials table, the plot, the config."""
-    metrics = {"best_value": summary.best.value, "trials": float(len(summary.trials)),
-               "tuning_seconds": summary.seconds,
-               **{f"best_{k}": v for k, v in summary.best.metrics.items() if k != "objective"}}
-    if summary.baseline is not None:
-        metrics |= {"baseline_value": summary.baseline.value, "gain": summary.gain}
-    return RunRecord(
-        tags={"study": summary.study, "best_trial": str(summary.best.number)},
-        params={"metric": summary.metric, **{f"best_{k}": v for k, v in summary.best.params.items()},
-                "tuned_config": str(summary.config_path)},
-        metrics=metrics,
-        tables={"trials.csv": trials_table(summary.trials)},
-        texts={"tuned_config.yaml": Path(summary.config_path).read_text()},
-        figures={"tuning/optimization_history.png": lambda: history_figure(study)},
-    )
+    """A study in the tune parent run, under its kind: best and baseline values, trials table and plot."""
+    kind = summary.kind
+    metrics = {f"{kind}.trials": float(len(summary.trials)), f"{kind}.stopped_trials": float(summary.stopped),
+               f"{kind}.tuning_seconds": summary.seconds}
+    params = {f"{kind}.metric": summary.metric, f"{kind}.space": summary.space[:500]}
+    if summary.best is not None:
+        metrics |= {f"{kind}.best_value": summary.best.value,
+                    **{f"{kind}.best_{k}": v for k, v in summary.best.metrics.items() if k != "objective"}}
+        params |= {f"{kind}.best_{k}": v for k, v in summary.best.params.items()}
+    if summary.baseline is not None and summary.best is not None:
+        metrics |= {f"{kind}.baseline_value": summary.baseline.value, f"{kind}.gain": summary.gain}
+    record = RunRecord(tags={f"{kind}.study": summary.study}, params=params, metrics=metrics,
+                       tables={f"trials_{kind}.csv": trials_table(summary.trials)})
+    if summary.trials:
+        record.figures[f"tuning/{kind}_history.png"] = lambda: history_figure(study)
+    return record
 
 
-def summary_markdown(summary: StudySummary) -> str:
-    """The study for a person: the best settings against the config's own, and the trials, best first."""
-    base = summary.baseline
-    lines = [f"## Retrieval tuning: {summary.study}",
-             f"- validation {summary.metric}@k (k from a fixed passage budget): best **{summary.best.value:.4f}** "
-             f"(trial {summary.best.number})" + (f", the config's own settings {base.value:.4f}" if base else ""),
-             f"- {len(summary.trials)} trials, {summary.seconds:.0f} s of trials",
-             f"- settings found: `{' '.join(summary.best.overrides)}`",
-             f"- written to `{summary.config_path}` (run it with `ragtune run --config {summary.config_path}`)", "",
-             trials_table(summary.trials).head(10).to_markdown(index=False, floatfmt=".3f")]
+def summary_markdown(studies: list[StudySummary], config_path: Path) -> str:
+    """The search for a person: per study what it searched, what won against the config's own settings, and its
+    best trials."""
+    lines = ["## Tuning (validation split only)", "", "| study | searched | trials | seconds | best | "
+             "the config's own | gain |", "|---|---|---:|---:|---:|---:|---:|"]
+    for s in studies:
+        best = f"{s.best.value:.4f}" if s.best else "none finished"
+        base = f"{s.baseline.value:.4f}" if s.baseline else "n/a"
+        gain = f"{s.gain:+.4f}" if s.gain is not None else "n/a"
+        lines.append(f"| {s.kind} ({s.metric}) | {s.space} | {len(s.trials)} (+{s.stopped} stopped) | "
+                     f"{s.seconds:.0f} | {best} | {base} | {gain} |")
+    lines += ["", f"Written to `{config_path}`: run it with `ragtune run --config {config_path}`.", ""]
+    for s in studies:
+        lines += [f"### {s.kind}", f"- {study_line(s)}",
+                  f"- settings found: `{' '.join(s.overrides) or 'none'}`", "",
+                  terminal_table(s.trials), ""]
     return "\n".join(lines) + "\n"

@@ -62,7 +62,8 @@ def test_tuning_never_reads_the_test_split(tmp_path):
     data = tuning.tuning_data(dataset, cfg)
     assert set(data.validation["split"]) == {"validation"}
     with pytest.raises(tuning.TestSplitRead):
-        tuning.score_retrieval(tuning.TuningData(dataset.documents, dataset.qa), cfg.index, "ndcg", True)
+        everything = tuning.TuningData(dataset.documents, dataset.qa, dataset.split("train"))
+        tuning.score_retrieval(everything, cfg.index, "ndcg", True)
 
     tuning.run_retrieval_study(cfg, data)
     first = [(t.params, t.value) for t in _study_trials(cfg, data)]
@@ -86,9 +87,10 @@ def test_the_written_config_reproduces_the_best_trial(tmp_path):
     assert len(trials) == 4 and trials[0].baseline and sum(t.baseline for t in trials) == 1
     best = tuning_report.best_outcome(trials)
     assert best.value == max(t.value for t in trials)
-    out = tuning_report.write_tuned_config(ROOT / "configs" / "ci.yaml", _overrides(tmp_path, 4)[:4], best,
-                                           trials[0], "ndcg", "s", tmp_path / "tuned.yaml")
-    assert "trial" in out.read_text().splitlines()[1]
+    summary = tuning_report.StudySummary("retrieval", "s", "ndcg@k", trials, best, trials[0], 1.0, "space")
+    out = tuning_report.write_tuned_config(ROOT / "configs" / "ci.yaml", _overrides(tmp_path, 4)[:4], [summary],
+                                           tmp_path / "tuned.yaml")
+    assert out.read_text().splitlines()[1].startswith("# retrieval: ")
     tuned = load_config(out, ["data.answer_type=span"])
     index_cfg = tuned.index.model_copy(update={"root": tmp_path / "replay"})
     assert tuning.score_retrieval(data, index_cfg, "ndcg", True)["objective"] == pytest.approx(best.value, abs=1e-9)
@@ -135,29 +137,41 @@ def test_a_killed_search_resumes_where_it_stopped(tmp_path):
 
 
 @pytest.mark.integration
-def test_the_tune_flow_logs_each_trial_the_plot_and_the_tuned_config(tmp_path):
+def test_the_tune_flow_logs_each_study_its_trials_plots_and_the_tuned_config(tmp_path):
     from mlflow import MlflowClient
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.tune import tune_flow
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    overrides = [*_overrides(tmp_path, 3), f"mlflow.tracking_uri={uri}",
-                 f"mlflow.artifact_location={tmp_path}/artifacts"]
+    overrides = [*_overrides(tmp_path, 2), f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art",
+                 f"finetune.output_root={tmp_path}/adapters", "tune.candidates=[finetuned]",
+                 "data.max_questions_per_split={test: 8, validation: 8}", "tune.finetune.epochs={low: 1, high: 1}",
+                 "tune.finetune.train_examples={low: 8, high: 16, step: 8}", "tune.finetune.eval_every_steps=2"]
     with prefect_test_harness(server_startup_timeout=120):
         result = tune_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides, out=str(tmp_path / "t.yaml"))
+    assert [s.kind for s in result.studies] == ["retrieval", "finetuned"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     parent = client.get_run(result.run_id)
-    assert parent.data.tags["ragtune.flow"] == "tune" and parent.data.metrics["trials"] == 3
+    assert parent.data.tags["ragtune.flow"] == "tune"
+    assert parent.data.metrics["retrieval.trials"] == parent.data.metrics["finetuned.trials"] == 2
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
-    trials = {r.info.run_name: r for r in children if r.info.run_name.startswith("trial-")}
-    assert set(trials) == {"trial-0", "trial-1", "trial-2"}
-    assert trials["trial-0"].data.tags["baseline"] == "True" and "objective" in trials["trial-1"].data.metrics
+    trials = {r.info.run_name: r for r in children if "-trial-" in r.info.run_name}
+    assert set(trials) == {"retrieval-trial-0", "retrieval-trial-1", "finetuned-trial-0", "finetuned-trial-1"}
+    assert trials["retrieval-trial-0"].data.tags["baseline"] == "True"
+    assert "objective" in trials["finetuned-trial-1"].data.metrics and "f1" in trials["finetuned-trial-1"].data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
         a.path for folder in ("tuning", "tables") for a in client.list_artifacts(result.run_id, folder)}
-    assert {"tuning/optimization_history.png", "tables/trials.csv", "tuned_config.yaml"} <= artifacts
-    assert result.summary.config_path == tmp_path / "t.yaml"
-    assert load_config(tmp_path / "t.yaml").index.top_k == int(result.summary.best.metrics["top_k"])
+    assert {"tuning/retrieval_history.png", "tuning/finetuned_history.png", "tables/trials_retrieval.csv",
+            "tables/trials_finetuned.csv", "tuned_config.yaml"} <= artifacts
+    assert result.config_path == tmp_path / "t.yaml"
+    tuned = load_config(tmp_path / "t.yaml")
+    retrieval, finetuned = result.studies
+    assert tuned.index.top_k == int(retrieval.best.metrics["top_k"])
+    assert tuned.finetune.for_mode("closed_book").eval_every_steps == 2  # the finetuned study's best, as measured
+    assert len(finetuned.trials) == 2
+    adapters = [d.name for d in (tmp_path / "adapters").iterdir() if not d.name.startswith(".")]
+    assert len(adapters) == 1  # the best trial's adapter is kept for `ragtune run`, the others are deleted
 
 
 def test_data_without_validation_questions_is_refused_with_the_key_that_gives_them(tmp_path):
