@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import stages
 from flows.context import RunContext
+from flows.fanout import fanout
 from flows.pipeline import DEFAULT_CONFIG, prepare
 from tasks import candidate_tuning, candidates, run_owner, tuning, tuning_report
 from tasks.records import RunRecord
@@ -99,6 +100,7 @@ def tune_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
     if out:
         applied.append(f"tune.output={out}")
     cfg = prepare(config, applied, None)
+    tuning.check_shared_storage(cfg)
     with mlflow.start_run(run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                           tags={FLOW_TAG: "tune", **run_owner.owner_tags()}) as parent:
         dataset = stages.load_data(cfg)
@@ -110,7 +112,11 @@ def tune_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
             studies.append(retrieval_study(RunContext(cfg, validated.dataset, parent.info.run_id)))
         retrieval_found = [o for s in studies for o in s.overrides]
         tuned = RunContext(tuning.configured(cfg, retrieval_found), validated.dataset, parent.info.run_id)
-        studies += [candidate_study(tuned, name) for name in candidate_tuning.tuned_candidates(cfg)]
+        with fanout(cfg.scale.dask) as parallel:  # the candidate studies are independent of each other
+            wide = tuned.for_workers(cfg.scale.dask.threads_per_worker) if cfg.scale.dask.enabled else tuned
+            futures = [parallel.submit(candidate_study, ctx=wide, name=name)
+                       for name in candidate_tuning.tuned_candidates(cfg)]
+            studies += [future.result() for future in futures]
         kept = [o for o in applied if not o.startswith("tune.")]  # the search's own settings stay out of the result
         target = tuning_report.write_tuned_config(config, kept, studies,
                                                   cfg.tune.output or tuning_report.default_output(config))

@@ -189,7 +189,6 @@ def run_candidate_study(cfg: PipelineConfig, data: TuningData, name: str, base_m
         index = build_index(data.documents, fingerprint_documents(data.documents), index_cfg)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial({}, user_attrs={"baseline": True})
-    deadline = time.monotonic() + budget_left(study, cfg.tune)[1]
 
     def objective(trial) -> float:
         start = time.perf_counter()
@@ -217,7 +216,8 @@ def run_candidate_study(cfg: PipelineConfig, data: TuningData, name: str, base_m
                                   time.perf_counter() - start, baseline))
         return metrics["objective"]
 
-    optimize(study, objective, cfg.tune)
+    deadline = time.monotonic() + budget_left(study, cfg.tune)[1]  # read by the objective's pruning hook
+    optimize(study, objective, cfg.tune, deadline)
     return study
 
 

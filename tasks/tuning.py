@@ -184,6 +184,15 @@ def storage_url(cfg: PipelineConfig) -> str:
     return url
 
 
+def check_shared_storage(cfg: PipelineConfig) -> None:
+    """Studies fanned out to a Dask scheduler on other machines need a storage every worker reaches."""
+    url = storage_url(cfg)
+    if cfg.scale.dask.enabled and cfg.scale.dask.address and url.startswith("sqlite:"):
+        raise UserError(f"tune.storage is {url}, a file on this machine, but scale.dask.address sends the candidate "
+                        "studies to other machines: set tune.storage to a database server every worker reaches, "
+                        "e.g. postgresql://user@host/optuna")
+
+
 def open_study(name: str, url: str, seed: int, tune: TuneConfig, pruner=None):
     """Create or load the study; a trial whose process died is failed after 2 heartbeats and retried once."""
     import optuna
@@ -240,9 +249,12 @@ def budget_left(study, tune: TuneConfig) -> tuple[int, float]:
     return tune.max_trials - done, tune.budget_minutes * 60 - seconds
 
 
-def optimize(study, objective: Callable, tune: TuneConfig) -> None:
-    """Run trials while the budget lasts (a trial that started in time finishes, unless the objective stops it)."""
+def optimize(study, objective: Callable, tune: TuneConfig, deadline: float | None = None) -> None:
+    """Run trials while the budget lasts, or until `deadline` (time.monotonic()) when the objective stops a trial
+    at it: no trial starts after it. A trial that started in time finishes unless the objective stops it."""
     trials_left, seconds_left = budget_left(study, tune)
+    if deadline is not None:
+        seconds_left = min(seconds_left, deadline - time.monotonic())
     if trials_left > 0 and seconds_left > 0:
         study.optimize(objective, n_trials=trials_left, timeout=seconds_left, gc_after_trial=True)
 

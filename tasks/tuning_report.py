@@ -73,7 +73,8 @@ def study_line(s: StudySummary) -> str:
     won = "the config's own settings" if s.best.baseline else f"trial {s.best.number}"
     versus = f" (the config's own settings {s.baseline.value:.4f})" if s.baseline and not s.best.baseline else ""
     stopped = f", {s.stopped} stopped early" if s.stopped else ""
-    return (f"{s.kind}: {won}, validation {s.metric} {s.best.value:.4f}{versus}; {len(s.trials)} trials{stopped}, "
+    trials = f"{len(s.trials)} trial{'s' if len(s.trials) != 1 else ''} finished"
+    return (f"{s.kind}: {won}, validation {s.metric} {s.best.value:.4f}{versus}; {trials}{stopped}, "
             f"{s.seconds:.0f} s (study {s.study})")
 
 

@@ -131,3 +131,14 @@ def test_a_candidate_study_reads_no_test_question_and_its_config_reproduces_the_
     shutil.rmtree(result.adapter_dir)
     metrics, result = candidate_tuning.score_candidate(get("finetuned"), tuned, data, base, None)
     assert not result.reused and metrics["objective"] == pytest.approx(best.value, abs=1e-9)  # and retrains to it
+
+
+def test_studies_sent_to_other_machines_need_a_storage_they_reach(tmp_path):
+    from tasks.errors import UserError
+
+    remote = ["scale.dask.enabled=true", "scale.dask.address=tcp://10.0.0.5:8786", f"cache_root={tmp_path}"]
+    cfg = load_config(ROOT / "configs" / "ci.yaml", remote)
+    with pytest.raises(UserError, match=r"tune\.storage .*scale\.dask\.address"):
+        tuning.check_shared_storage(cfg)
+    tuning.check_shared_storage(load_config(ROOT / "configs" / "ci.yaml", [*remote, "tune.storage=postgresql://h/o"]))
+    tuning.check_shared_storage(load_config(ROOT / "configs" / "ci.yaml", [f"cache_root={tmp_path}"]))
