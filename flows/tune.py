@@ -50,11 +50,9 @@ def _trial_logger(ctx: RunContext, kind: str, study_name: str, metric: str):
 def _summary(kind: str, study, metric: str, space: str) -> tuning_report.StudySummary:
     trials = tuning.outcomes(study)
     best = tuning_report.best_outcome(trials) if trials else None
-    summary = tuning_report.StudySummary(kind, study.study_name, metric, trials, best,
-                                         next((t for t in trials if t.baseline), None), tuning.spent(study)[1],
-                                         space, tuning.stopped_count(study))
-    log_record(tuning_report.study_record(summary, study))
-    return summary
+    return tuning_report.StudySummary(kind, study.study_name, metric, trials, best,
+                                      next((t for t in trials if t.baseline), None), tuning.spent(study)[1],
+                                      space, tuning.stopped_count(study))
 
 
 @task(name="retrieval-study", task_run_name="retrieval-study", cache_policy=NO_CACHE)
@@ -117,6 +115,8 @@ def tune_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
             futures = [parallel.submit(candidate_study, ctx=wide, name=name)
                        for name in candidate_tuning.tuned_candidates(cfg)]
             studies += [future.result() for future in futures]
+        for summary in studies:  # here, in the parent run (a study may have run on a Dask worker)
+            log_record(tuning_report.study_record(summary, tuning.load_study(summary.study, cfg)))
         kept = [o for o in applied if not o.startswith("tune.")]  # the search's own settings stay out of the result
         target = tuning_report.write_tuned_config(config, kept, studies,
                                                   cfg.tune.output or tuning_report.default_output(config))

@@ -148,7 +148,7 @@ def score_candidate(candidate: Candidate, cfg: PipelineConfig, data: TuningData,
     shown = {*DEFAULTS[cfg.data.answer_type].headline, *cfg.champion.objective}
     return ({**{m: report.metrics[m] for m in sorted(shown) if m in report.metrics}, "objective": value,
              "eval_loss": result.eval_loss, "train_seconds": result.seconds, "steps": float(result.steps),
-             "best_step": float(result.best_step), "train_examples": float(result.train_examples)}, result)
+             "kept_step": float(result.best_step), "train_examples": float(result.train_examples)}, result)
 
 
 def _pruning_hook(trial, baseline: bool, deadline: float) -> Callable[[TrainState], None]:

@@ -206,6 +206,13 @@ def open_study(name: str, url: str, seed: int, tune: TuneConfig, pruner=None):
                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
 
 
+def load_study(name: str, cfg: PipelineConfig):
+    """A stored study, to read (its trials and plot)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage_url(cfg))
+
+
 def spent(study) -> tuple[int, float]:
     """Finished trials and their summed seconds (a killed trial's time is not counted)."""
     from optuna.trial import TrialState

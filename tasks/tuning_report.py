@@ -143,17 +143,17 @@ def study_record(summary: StudySummary, study) -> RunRecord:
 def summary_markdown(studies: list[StudySummary], config_path: Path) -> str:
     """The search for a person: per study what it searched, what won against the config's own settings, and its
     best trials."""
-    lines = ["## Tuning (validation split only)", "", "| study | searched | trials | seconds | best | "
+    lines = ["## Tuning (validation split only)", "", "| study | objective | trials (+ stopped) | seconds | best | "
              "the config's own | gain |", "|---|---|---:|---:|---:|---:|---:|"]
     for s in studies:
         best = f"{s.best.value:.4f}" if s.best else "none finished"
         base = f"{s.baseline.value:.4f}" if s.baseline else "n/a"
         gain = f"{s.gain:+.4f}" if s.gain is not None else "n/a"
-        lines.append(f"| {s.kind} ({s.metric}) | {s.space} | {len(s.trials)} (+{s.stopped} stopped) | "
+        lines.append(f"| {s.kind} | {s.metric} | {len(s.trials)} (+{s.stopped}) | "
                      f"{s.seconds:.0f} | {best} | {base} | {gain} |")
     lines += ["", f"Written to `{config_path}`: run it with `ragtune run --config {config_path}`.", ""]
     for s in studies:
-        lines += [f"### {s.kind}", f"- {study_line(s)}",
+        lines += [f"### {s.kind}", f"- searched: {s.space}", f"- {study_line(s)}",
                   f"- settings found: `{' '.join(s.overrides) or 'none'}`", "",
                   terminal_table(s.trials), ""]
     return "\n".join(lines) + "\n"

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 
 from tasks import candidate_tuning, finetuning, tuning, tuning_report
@@ -20,15 +19,9 @@ from tasks.models import resolve_model_dir
 from tasks.settings import FinetuneConfig, GenerationConfig, load_config
 from tasks.training import Runtime, TrainState
 from tests.conftest import ROOT
+from tests.test_finetuning import QA6
 
 CPU = Runtime("cpu", "float32", 2)
-QA6 = pd.DataFrame({
-    "qa_id": [f"q{i}" for i in range(6)],
-    "question": ["How heavy is the T4?", "When does Kellsport open?", "What does the buoy weigh?",
-                 "When does the office open?", "Which buoy weighs 212 kg?", "Where is the office?"],
-    "answer": [["212 kg"], ["8 am"], ["212 kg"], ["8 am"], ["TideWatch T4"], ["Kellsport"]],
-    "doc_id": ["d1", "d2", "d1", "d2", "d1", "d2"], "split": ["train"] * 6,
-})
 
 
 def test_by_mode_settings_apply_to_their_adapter_only_and_name_the_key_when_wrong(tmp_path):
@@ -142,3 +135,27 @@ def test_studies_sent_to_other_machines_need_a_storage_they_reach(tmp_path):
         tuning.check_shared_storage(cfg)
     tuning.check_shared_storage(load_config(ROOT / "configs" / "ci.yaml", [*remote, "tune.storage=postgresql://h/o"]))
     tuning.check_shared_storage(load_config(ROOT / "configs" / "ci.yaml", [f"cache_root={tmp_path}"]))
+
+
+@pytest.mark.integration
+def test_candidate_studies_fanned_out_to_dask_workers_log_into_the_tune_run(tmp_path):
+    from mlflow import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.tune import tune_flow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _, overrides = _study_config(tmp_path, trials=1)
+    overrides += [f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art",
+                  "tune.candidates=[finetuned, hybrid]", "scale.dask.enabled=true", "scale.dask.workers=2"]
+    with prefect_test_harness(server_startup_timeout=120):
+        result = tune_flow(config=str(ROOT / "configs" / "ci.yaml"), overrides=overrides, out=str(tmp_path / "t.yaml"))
+    assert [(s.kind, len(s.trials)) for s in result.studies] == [("retrieval", 1), ("finetuned", 1), ("hybrid", 1)]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    parent = client.get_run(result.run_id)
+    assert {"finetuned.best_value", "hybrid.best_value"} <= set(parent.data.metrics)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert {"finetuned-trial-0", "hybrid-trial-0"} <= {r.info.run_name for r in children}
+    assert len(client.search_runs([parent.info.experiment_id])) == 1 + len(children)  # no stray top-level run
+    tuned = load_config(tmp_path / "t.yaml")
+    assert set(tuned.finetune.by_mode) == {"closed_book", "raft"}
