@@ -29,7 +29,7 @@ from tasks.evaluation import evaluate_system
 from tasks.finetuning import RUNTIME_ONLY_KEYS, FinetuneResult, train_adapter
 from tasks.indexing import IndexBuild, build_index
 from tasks.models import weights_key
-from tasks.settings import FinetuneConfig, PipelineConfig
+from tasks.settings import PipelineConfig
 from tasks.training import TrainState
 from tasks.tune_settings import FinetuneSpace
 from tasks.tuning import (
@@ -78,16 +78,12 @@ def suggest_finetune(trial, space: FinetuneSpace, with_passages: bool, train_siz
     return params
 
 
-def _examples_cap(ft: FinetuneConfig, with_passages: bool) -> int | None:
-    return ft.raft.max_train_examples if with_passages and ft.raft.max_train_examples else ft.max_train_examples
-
-
 def baseline_params(cfg: PipelineConfig, mode: str, train_size: int) -> dict:
     """The config's own settings of the adapter, as the space names them (shown for the first trial)."""
     ft = cfg.finetune.for_mode(mode)
     with_passages = ADAPTER_MODES[mode].with_passages
     params = {"learning_rate": ft.learning_rate, "lora_r": ft.lora.r, "lora_alpha_ratio": ft.lora.alpha / ft.lora.r,
-              "epochs": ft.epochs, "train_examples": min(_examples_cap(ft, with_passages) or train_size, train_size)}
+              "epochs": ft.epochs, "train_examples": min(ft.examples_cap(with_passages) or train_size, train_size)}
     if ft.max_steps:
         params["max_steps"] = ft.max_steps
     if with_passages:
@@ -133,8 +129,7 @@ def score_candidate(candidate: Candidate, cfg: PipelineConfig, data: TuningData,
     """Train the candidate's adapter under `cfg` (reused when trained before) and score the candidate on the
     validation split: `objective` is the champion policy's, next to the answer type's headline metrics."""
     dataset = data.dataset("tuning")
-    assert_no_test(dataset.qa)
-    assert_no_test(data.validation)
+    assert_no_test(dataset.qa)  # the train and the validation questions
     result = train_adapter(candidate.adapter, dataset, cfg, base_model_dir, index, on_step=on_step)
     quiet = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"latency_sample": LATENCY_SAMPLE})})
     report = evaluate_system(candidate, quiet, base_model_dir, result.adapter_dir,

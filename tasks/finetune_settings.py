@@ -100,6 +100,12 @@ class FinetuneConfig(Strict):
                 raise ValueError(problems) from None
         return self
 
+    def examples_cap(self, with_passages: bool) -> int | None:
+        """Training questions at most: `raft.max_train_examples` for adapters trained on passages when set, else
+        `max_train_examples`."""
+        return self.raft.max_train_examples if with_passages and self.raft.max_train_examples \
+            else self.max_train_examples
+
     def for_mode(self, mode: str) -> FinetuneConfig:
         """The settings adapter mode `mode` trains with: these, with its `by_mode` entry merged over them."""
         override = self.by_mode.get(mode)

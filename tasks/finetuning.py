@@ -152,7 +152,7 @@ def _train(mode: Mode, key: str, base_model_dir: str, train_qa: pd.DataFrame, ev
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cap = cfg.raft.max_train_examples if with_passages and cfg.raft.max_train_examples else cfg.max_train_examples
+    cap = cfg.examples_cap(with_passages)
     if cap is not None:
         train_qa = train_qa.sample(n=min(cap, len(train_qa)), random_state=seed).sort_index()
     train_examples = build_examples(train_qa, mode, tokenizer, gen_cfg, cfg, retriever, seed)
