@@ -63,7 +63,8 @@ def retrieval_study(ctx: RunContext) -> tuning_report.StudySummary:
     name = tuning.study_name(ctx.cfg, data)
     study = tuning.run_retrieval_study(ctx.cfg, data, on_trial=_trial_logger(ctx, "retrieval", name, metric))
     return _summary("retrieval", study, metric,
-                    tuning.space_text(ctx.cfg.tune.retrieval, tuning.passage_budget(ctx.cfg)))
+                    tuning.space_text(ctx.cfg.tune.retrieval, tuning.passage_budget(ctx.cfg),
+                                      ctx.cfg.index.retrieval.rerank is not None))
 
 
 @task(name="candidate-study", task_run_name="candidate-study[{name}]", cache_policy=NO_CACHE)

@@ -39,6 +39,7 @@ from tasks.metrics import (
 )
 from tasks.models import embedding_model_dir
 from tasks.records import RunRecord
+from tasks.reranking import reranker_identity
 from tasks.retrieval import Retriever
 from tasks.settings import EvaluationConfig, PipelineConfig
 from tasks.stage_cache import StageCache, stage_key
@@ -213,8 +214,8 @@ def evaluation_key(candidate: Candidate, cfg: PipelineConfig, adapter_dir: str |
     system = {k: v for k, v in asdict(candidate).items() if k != "description"}
     return stage_key(candidate=system, base_model=cfg.base_model.describe(),
                      adapter=Path(adapter_dir).name if adapter_dir else None, index=index_version,
-                     retrieval=cfg.index.model_dump(mode="json", exclude={"root", "threads"})
-                     if candidate.retrieves else None,
+                     retrieval={**cfg.index.model_dump(mode="json", exclude={"root", "threads"}),
+                                **reranker_identity(cfg.index)} if candidate.retrieves else None,
                      generation=cfg.generation.model_dump(mode="json"),
                      scoring=cfg.evaluation.model_dump(mode="json", exclude={"candidates"}),
                      questions=evaluation_set_id(test, doc_text), seed=cfg.seed,

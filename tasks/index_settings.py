@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from tasks.config_base import Strict
 
@@ -65,6 +65,25 @@ class LexicalConfig(Strict):
 RetrievalMode = Literal["dense", "lexical", "hybrid"]
 
 
+class RerankConfig(Strict):
+    """A cross-encoder that reads each (question, passage) pair together and re-orders the search's first
+    `depth` passages; the top_k after reordering are given. No such weights ship offline: the user gives them."""
+
+    path: Path = Field(description="Local directory of a sentence-transformers CrossEncoder (or a transformers "
+                       "sequence-classification checkpoint with one output), e.g. a saved ms-marco MiniLM reranker.")
+    depth: int = Field(20, ge=1, description="Passages from the search that the cross-encoder re-scores.")
+    batch_size: int = Field(32, ge=1, description="(question, passage) pairs scored per forward pass.")
+    max_length: int | None = Field(None, ge=8, description="Tokens per pair read (longer pairs truncated); null: "
+                                   "the model's own limit.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RerankConfig:
+        if not (self.path / "config.json").is_file():
+            raise ValueError(f"{self.path} holds no model (rule: a directory with config.json, as "
+                             "CrossEncoder.save_pretrained writes it)")
+        return self
+
+
 class RetrievalConfig(Strict):
     """How the top-k passages are found: dense (FAISS), lexical (BM25) or both fused by reciprocal rank."""
 
@@ -75,6 +94,17 @@ class RetrievalConfig(Strict):
     fusion_depth: int = Field(50, ge=1, description="Passages taken from each list before fusing.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: score = sum of 1 / (rrf_k + rank).")
     lexical: LexicalConfig = LexicalConfig()
+    rerank: RerankConfig | None = Field(None, description="Optional cross-encoder reranking of the search's "
+                                        "passages (any mode); null: none.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_rerank(self, handler) -> dict:
+        """Without a reranker the dump is what it was before reranking existed, so cache keys, adapter keys and
+        registered configs written earlier stay the same."""
+        data = handler(self)
+        if self.rerank is None:
+            data.pop("rerank", None)
+        return data
 
 
 class IndexConfig(Strict):

@@ -39,12 +39,13 @@ from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
 from tasks.models import embedding_model_dir, weights_key
 from tasks.records import RunRecord
+from tasks.reranking import reranker_identity
 from tasks.retrieval import Retriever, embed, embedder, evaluate_retrieval, faiss_type
 from tasks.stage_cache import StageCache, stage_key
 from tasks.vector_index import FLAT, build_faiss, choose_type, recall_vs_exact
 
 CURRENT = "CURRENT"
-VARIANTS = ("dense", "lexical", "hybrid")  # retrieval modes whose validation recall every index run logs
+VARIANTS = ("dense", "lexical", "hybrid")  # search modes (without reranking) whose validation recall every run logs
 FILES = ("index.faiss", "chunks.parquet", "vectors.npy", "manifest.json")
 
 
@@ -263,7 +264,8 @@ def refresh_index(documents: pd.DataFrame, cfg: IndexConfig, validation_qa: pd.D
     ks = sorted({*cfg.eval_k, cfg.top_k})
     cache = StageCache(cache_root, "retrieval")
     key = stage_key(index=build.version, search=cfg.model_dump(mode="json", exclude={"root"}), ks=ks,
-                    validation=fingerprint_qa(validation_qa), test=fingerprint_qa(test_qa), variants=VARIANTS)
+                    validation=fingerprint_qa(validation_qa), test=fingerprint_qa(test_qa), variants=VARIANTS,
+                    **reranker_identity(cfg))
     if (measured := cache.get(key)) is None:
         retriever = Retriever(build.path, cfg)
         measured = {
@@ -271,7 +273,7 @@ def refresh_index(documents: pd.DataFrame, cfg: IndexConfig, validation_qa: pd.D
                         for prefix, qa in (("val", validation_qa), ("test", test_qa))
                         for name, value in evaluate_retrieval(retriever, qa, ks).items()},
             "variants": {f"val_{mode}_{name}": value for mode in VARIANTS
-                         for name, value in evaluate_retrieval(retriever, validation_qa, ks, mode).items()
+                         for name, value in evaluate_retrieval(retriever, validation_qa, ks, mode, rerank=False).items()
                          if name.startswith(("recall", "mrr"))},
         }
         cache.put(key, measured)
@@ -291,7 +293,8 @@ def index_record(report: IndexReport, cfg: IndexConfig, fingerprint: str) -> Run
               "faiss_type": build.faiss_type},
         params={"chunking": cfg.chunking.strategy, "max_tokens": cfg.chunking.max_tokens,
                 "overlap_tokens": cfg.chunking.overlap_tokens, "faiss_type": build.faiss_type, "top_k": cfg.top_k,
-                "retrieval": cfg.retrieval.mode,
+                "retrieval": cfg.retrieval.mode, **({"reranker": str(cfg.retrieval.rerank.path)}
+                                                     if cfg.retrieval.rerank else {}),
                 "embedding_model": report.manifest["embedding_model"]},
         metrics={**report.quality, **report.variants, **counts},
         dicts={"index/manifest.json": report.manifest},
@@ -305,6 +308,7 @@ def index_summary(report: IndexReport, cfg: IndexConfig) -> str:
     return (f"index {build.version} ({how}{waited}, {build.faiss_type}): "
             f"{build.num_chunks} chunks, {build.embedded} embedded, {build.reused_vectors} reused, "
             f"{build.removed} removed; validation recall@{k} {report.quality.get(f'val_recall_at_{k}', nan):.3f}, "
-            f"ndcg@{k} {report.quality.get(f'val_ndcg_at_{k}', nan):.3f} ({cfg.retrieval.mode}; "
+            f"ndcg@{k} {report.quality.get(f'val_ndcg_at_{k}', nan):.3f} ({cfg.retrieval.mode}"
+            f"{' reranked' if cfg.retrieval.rerank else ''}; "
             + ", ".join(f"{mode} {report.variants.get(f'val_{mode}_recall_at_{k}', nan):.3f}" for mode in VARIANTS)
-            + ")")
+            + (" without reranking" if cfg.retrieval.rerank else "") + ")")

@@ -19,6 +19,7 @@ from tasks.index_settings import IndexConfig, RetrievalMode
 from tasks.lexical_index import LexicalIndex, reciprocal_rank_fusion
 from tasks.metrics import retrieval_scores
 from tasks.models import embedding_model_dir
+from tasks.reranking import rerank_scores, reranker_identity
 from tasks.vector_index import FLAT, configure_search
 
 RETRIEVAL_METRICS = ("recall", "precision", "mrr", "ndcg")
@@ -86,8 +87,10 @@ class Retriever:
 
     @property
     def identity(self) -> dict:
-        """What decides the passages found: the index version and the search settings (a cache key part)."""
-        return {"version": self.version, "retrieval": self.cfg.retrieval.model_dump(mode="json")}
+        """What decides the passages found: the index version, the search settings and any reranker's weights
+        (a cache key part)."""
+        return {"version": self.version, "retrieval": self.cfg.retrieval.model_dump(mode="json"),
+                **reranker_identity(self.cfg)}
 
     def lexical(self) -> LexicalIndex:
         if self._lexical is None:
@@ -98,12 +101,24 @@ class Retriever:
         """Every chunk of this version (ids, text, span, content hash), in index order."""
         return pd.read_parquet(self.index_dir / "chunks.parquet")
 
-    def search(self, queries: list[str], k: int | None = None, mode: RetrievalMode | None = None) -> list[list[Hit]]:
-        """The top `k` (default `top_k`) chunks per query by `mode` (default: the configured one). Hybrid
-        scores are reciprocal-rank-fusion scores, dense ones cosine similarities, lexical ones BM25."""
+    def search(self, queries: list[str], k: int | None = None, mode: RetrievalMode | None = None,
+               rerank: bool = True) -> list[list[Hit]]:
+        """The top `k` (default `top_k`) chunks per query by `mode` (default: the configured one), re-ordered by
+        the configured cross-encoder unless `rerank` is False. Hybrid scores are reciprocal-rank-fusion scores,
+        dense ones cosine similarities, lexical ones BM25, reranked ones the cross-encoder's."""
         if not queries:  # e.g. a dataset without a validation split
             return []
         k = min(k or self.cfg.top_k, self.index.ntotal)
+        reranker = self.cfg.retrieval.rerank if rerank else None
+        if reranker is None:
+            return self._search(queries, k, mode)
+        shortlists = self._search(queries, max(k, reranker.depth), mode)
+        scores = rerank_scores(queries, [[h.text for h in row] for row in shortlists], reranker)
+        return [[Hit(h.chunk_id, h.doc_id, h.text, s)
+                 for s, h in sorted(zip(row_scores, row, strict=True), key=lambda pair: -pair[0])[:k]]
+                for row, row_scores in zip(shortlists, scores, strict=True)]
+
+    def _search(self, queries: list[str], k: int, mode: RetrievalMode | None) -> list[list[Hit]]:
         mode = mode or self.cfg.retrieval.mode
         depth = k if mode != "hybrid" else max(k, self.cfg.retrieval.fusion_depth)
         dense = self._dense_rows(embed(queries, self.cfg), depth) if mode != "lexical" else None
@@ -124,11 +139,11 @@ class Retriever:
 
 
 def evaluate_retrieval(retriever: Retriever, qa: pd.DataFrame, ks: Sequence[int],
-                       mode: RetrievalMode | None = None) -> dict[str, float]:
+                       mode: RetrievalMode | None = None, rerank: bool = True) -> dict[str, float]:
     """Mean recall/precision/mrr/ndcg of the gold document at each k: keys like `recall_at_5`."""
     if qa.empty:
         return {}
-    hits = retriever.search(qa["question"].tolist(), max(ks), mode)
+    hits = retriever.search(qa["question"].tolist(), max(ks), mode, rerank)
     out = {}
     for k in ks:
         per_q = [retrieval_scores([h.doc_id for h in row], gold, k)

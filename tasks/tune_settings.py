@@ -49,6 +49,8 @@ class RetrievalSpace(Strict):
     modes: list[RetrievalMode] = Field(default_factory=lambda: ["dense", "lexical", "hybrid"], min_length=1,
                                        description="Search modes tried (index.retrieval.mode).")
     rrf_k: IntRange = Field(IntRange(low=10, high=100, step=10), description="Fusion constants tried (hybrid).")
+    rerank: bool = Field(True, description="With a configured index.retrieval.rerank, try trials with and "
+                         "without it (reranking costs a cross-encoder pass per question).")
     passage_tokens: int | None = Field(
         None, ge=8, description="Passage tokens per question, equal for every trial; null: index.top_k x "
         "index.chunking.max_tokens of the config being tuned.")

@@ -26,6 +26,7 @@ from tasks.index_settings import IndexConfig
 from tasks.indexing import build_index
 from tasks.metrics import retrieval_scores
 from tasks.models import embedding_model_dir, weights_key
+from tasks.reranking import reranker_identity
 from tasks.retrieval import Hit, Retriever, embedder
 from tasks.settings import PipelineConfig, apply_overrides, config_from_dict
 from tasks.text import normalize_answer
@@ -87,8 +88,9 @@ def chunk_token_limit(cfg: IndexConfig) -> int:
     return embedder(cfg).max_seq_length - 2
 
 
-def suggest_retrieval(trial, space: RetrievalSpace, token_limit: int) -> dict:
-    """One point of the retrieval space (Optuna define-by-run: rrf_k only for hybrid search)."""
+def suggest_retrieval(trial, space: RetrievalSpace, token_limit: int, can_rerank: bool) -> dict:
+    """One point of the retrieval space (Optuna define-by-run: rrf_k only for hybrid search; reranking on or off
+    only where a reranker is configured)."""
     high = max(space.max_tokens.low, min(space.max_tokens.high, token_limit))
     params = {
         "chunking": trial.suggest_categorical("chunking", space.strategies),
@@ -98,6 +100,8 @@ def suggest_retrieval(trial, space: RetrievalSpace, token_limit: int) -> dict:
     }
     if params["mode"] == "hybrid":
         params["rrf_k"] = trial.suggest_int("rrf_k", space.rrf_k.low, space.rrf_k.high, step=space.rrf_k.step)
+    if can_rerank and space.rerank:
+        params["rerank"] = trial.suggest_categorical("rerank", [True, False])
     return params
 
 
@@ -109,6 +113,8 @@ def baseline_params(cfg: PipelineConfig) -> dict:
               "mode": index.retrieval.mode}
     if index.retrieval.mode == "hybrid":
         params["rrf_k"] = index.retrieval.rrf_k
+    if index.retrieval.rerank is not None and cfg.tune.retrieval.rerank:
+        params["rerank"] = True
     return params
 
 
@@ -122,6 +128,8 @@ def retrieval_overrides(params: dict, passage_tokens: int, raft_follows: bool) -
                  f"index.retrieval.mode={params['mode']}", f"index.top_k={top_k}"]
     if "rrf_k" in params:
         overrides.append(f"index.retrieval.rrf_k={params['rrf_k']}")
+    if params.get("rerank") is False:
+        overrides.append("index.retrieval.rerank=null")
     if raft_follows:
         overrides.append(f"finetune.raft.top_k={top_k}")
     return overrides
@@ -172,7 +180,9 @@ def study_name(cfg: PipelineConfig, data: TuningData, kind: str = "retrieval") -
                       "space": cfg.tune.retrieval.model_dump(mode="json"), "passages": passage_budget(cfg),
                       "relevance": by_answer(cfg),
                       "faiss": cfg.index.faiss.model_dump(mode="json"),
-                      "lexical": cfg.index.retrieval.lexical.model_dump(mode="json")}, sort_keys=True)
+                      "lexical": cfg.index.retrieval.lexical.model_dump(mode="json"),
+                      **({"rerank": cfg.index.retrieval.rerank.model_dump(mode="json"), **reranker_identity(cfg.index)}
+                         if cfg.index.retrieval.rerank else {})}, sort_keys=True)
     return f"{cfg.mlflow.experiment}-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -234,7 +244,8 @@ def run_retrieval_study(cfg: PipelineConfig, data: TuningData,
 
     def objective(trial) -> float:
         start = time.perf_counter()
-        params = suggest_retrieval(trial, cfg.tune.retrieval, limit)  # an enqueued trial gets its fixed values
+        # an enqueued trial gets its fixed values
+        params = suggest_retrieval(trial, cfg.tune.retrieval, limit, cfg.index.retrieval.rerank is not None)
         overrides = retrieval_overrides(params, budget, cfg.finetune.raft.top_k == cfg.index.top_k)
         index_cfg = configured(cfg, overrides).index.model_copy(update={"root": root,
                                                                          "keep_versions": KEPT_TRIAL_INDEXES})
@@ -276,11 +287,12 @@ def outcomes(study) -> list[TrialOutcome]:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
-def space_text(space: RetrievalSpace, passage_tokens: int) -> str:
+def space_text(space: RetrievalSpace, passage_tokens: int, can_rerank: bool = False) -> str:
     """What the retrieval study searches, for the report."""
     return (f"chunking {'/'.join(space.strategies)}, {space.max_tokens.low}-{space.max_tokens.high} tokens, overlap "
             f"{space.overlap_ratio.low:g}-{space.overlap_ratio.high:g}, search {'/'.join(space.modes)}, rrf_k "
-            f"{space.rrf_k.low}-{space.rrf_k.high}; {passage_tokens} passage tokens per question")
+            f"{space.rrf_k.low}-{space.rrf_k.high}{', reranker on/off' if can_rerank and space.rerank else ''}; "
+            f"{passage_tokens} passage tokens per question")
 
 
 def stopped_count(study) -> int:
