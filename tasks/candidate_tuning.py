@@ -39,9 +39,9 @@ from tasks.tuning import (
     assert_no_test,
     budget_left,
     configured,
+    enqueue_baseline,
     open_study,
     optimize,
-    storage_url,
 )
 
 TRIAL_RUNTIME = ["finetune.checkpoint_every_steps=null"]  # a killed trial is retried whole; no checkpoints to keep
@@ -175,15 +175,14 @@ def run_candidate_study(cfg: PipelineConfig, data: TuningData, name: str, base_m
     with_passages = ADAPTER_MODES[mode].with_passages
     assert_no_test(data.validation)
     space = cfg.tune.finetune
-    study = open_study(candidate_study_name(cfg, data, name, base_model_dir), storage_url(cfg), cfg.seed, cfg.tune,
+    study = open_study(candidate_study_name(cfg, data, name, base_model_dir), cfg,
                        optuna.pruners.MedianPruner(n_startup_trials=space.pruning_startup_trials))
     index = None
     if with_passages or candidate.retrieves:
         root = Path(cfg.cache_root) / "tuning" / study.study_name / "index"
         index_cfg = cfg.index.model_copy(update={"root": root, "keep_versions": KEPT_TRIAL_INDEXES})
         index = build_index(data.documents, fingerprint_documents(data.documents), index_cfg)
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial({}, user_attrs={"baseline": True})
+    enqueue_baseline(study, {}, cfg)
 
     def objective(trial) -> float:
         start = time.perf_counter()

@@ -22,6 +22,7 @@ import pandas as pd
 
 from tasks.data_loading import Dataset, fingerprint_documents, fingerprint_qa
 from tasks.errors import UserError
+from tasks.exclusive import exclusive, lock_name
 from tasks.index_settings import IndexConfig
 from tasks.indexing import build_index
 from tasks.metrics import retrieval_scores
@@ -203,17 +204,33 @@ def check_shared_storage(cfg: PipelineConfig) -> None:
                         "e.g. postgresql://user@host/optuna")
 
 
-def open_study(name: str, url: str, seed: int, tune: TuneConfig, pruner=None):
-    """Create or load the study; a trial whose process died is failed after 2 heartbeats and retried once."""
+def open_study(name: str, cfg: PipelineConfig, pruner=None):
+    """Create or load the study in `tune.storage`; a trial whose process died is failed after 2 heartbeats and
+    retried once. Creating the storage's tables is done under a lock: processes starting together on a new
+    storage would otherwise both create them."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retry callback
-    storage = RDBStorage(url, heartbeat_interval=tune.heartbeat_s, grace_period=2 * tune.heartbeat_s,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    url, tune = storage_url(cfg), cfg.tune
+    with exclusive(lock_name("optuna-storage", hashlib.sha256(url.encode()).hexdigest()[:12]), locks_dir(cfg)):
+        storage = RDBStorage(url, heartbeat_interval=tune.heartbeat_s, grace_period=2 * tune.heartbeat_s,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                   sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=pruner)
+
+
+def locks_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.cache_root) / "tuning" / ".locks"
+
+
+def enqueue_baseline(study, params: dict, cfg: PipelineConfig) -> None:
+    """The config's own settings become a new study's first trial, once, even when several processes (on one
+    machine, or workers sharing the pipeline's locks) open the study at the same moment."""
+    with exclusive(lock_name("study", study.study_name), locks_dir(cfg)):
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(params, user_attrs={"baseline": True})
 
 
 def load_study(name: str, cfg: PipelineConfig):
@@ -235,12 +252,11 @@ def run_retrieval_study(cfg: PipelineConfig, data: TuningData,
                         on_trial: Callable[[TrialOutcome], None] | None = None):
     """Run (or resume) the retrieval study within what is left of `tune.budget_minutes` and `tune.max_trials`."""
     assert_no_test(data.validation)
-    study = open_study(study_name(cfg, data), storage_url(cfg), cfg.seed, cfg.tune)
+    study = open_study(study_name(cfg, data), cfg)
     budget = passage_budget(cfg)
     limit = chunk_token_limit(cfg.index)
     root = Path(cfg.cache_root) / "tuning" / study.study_name / "index"
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(baseline_params(cfg), user_attrs={"baseline": True})
+    enqueue_baseline(study, baseline_params(cfg), cfg)
 
     def objective(trial) -> float:
         start = time.perf_counter()
@@ -269,12 +285,19 @@ def budget_left(study, tune: TuneConfig) -> tuple[int, float]:
 
 def optimize(study, objective: Callable, tune: TuneConfig, deadline: float | None = None) -> None:
     """Run trials while the budget lasts, or until `deadline` (time.monotonic()) when the objective stops a trial
-    at it: no trial starts after it. A trial that started in time finishes unless the objective stops it."""
+    at it: no trial starts after it. A trial that started in time finishes unless the objective stops it.
+    Processes sharing the study stop together at `tune.max_trials` finished trials (each may finish the one
+    it is running)."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
     trials_left, seconds_left = budget_left(study, tune)
     if deadline is not None:
         seconds_left = min(seconds_left, deadline - time.monotonic())
     if trials_left > 0 and seconds_left > 0:
-        study.optimize(objective, n_trials=trials_left, timeout=seconds_left, gc_after_trial=True)
+        shared_cap = MaxTrialsCallback(tune.max_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        study.optimize(objective, n_trials=trials_left, timeout=seconds_left, gc_after_trial=True,
+                       callbacks=[shared_cap])
 
 
 def outcomes(study) -> list[TrialOutcome]:

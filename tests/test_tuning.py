@@ -34,7 +34,7 @@ def _setup(tmp_path: Path, trials: int = 4):
 
 
 def _study_trials(cfg, data) -> list[tuning.TrialOutcome]:
-    return tuning.outcomes(tuning.open_study(tuning.study_name(cfg, data), tuning.storage_url(cfg), cfg.seed, cfg.tune))
+    return tuning.outcomes(tuning.open_study(tuning.study_name(cfg, data), cfg))
 
 
 def test_trial_settings_keep_the_passage_budget_and_the_baseline_is_the_configs_own(tmp_path):
@@ -134,6 +134,23 @@ def test_a_killed_search_resumes_where_it_stopped(tmp_path):
     assert states[2].state.name == "FAIL"  # the killed one, failed by its stale heartbeat and retried:
     assert states[2].params in [t.params for t in after[2:]]
     assert not [t for t in states.values() if t.state.name == "RUNNING"]
+
+
+def test_processes_sharing_one_study_run_one_baseline_and_stop_at_the_trial_cap(tmp_path):
+    cfg, dataset = _setup(tmp_path, trials=8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
+    slow_heartbeat = "tune.heartbeat_s=30"  # no trial is killed here: a busy machine must not make one look dead
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, str(ROOT / "configs" / "ci.yaml"),
+                               *_overrides(tmp_path, 8), slow_heartbeat], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              text=True)
+             for _ in range(2)]
+    ran = [proc.communicate(timeout=600)[0].split() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0] and all("trial" in out for out in ran)
+    study = tuning.open_study(tuning.study_name(cfg, tuning.tuning_data(dataset, cfg)), cfg)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials].count("COMPLETE") in (8, 9)  # the other process may finish its last one
+    assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
 
 
 @pytest.mark.integration
