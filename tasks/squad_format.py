@@ -171,7 +171,7 @@ def squad_to_tables(payload: Any, path: Path | str, cfg: DataConfig) -> SquadTab
                 _object(para, p_where)
                 doc_id = f"{_slug(title)}-p{p_idx:03d}"
                 docs.append({"doc_id": doc_id, "title": title, "text": _string(para, "context", p_where),
-                             "source": str(path)})
+                             "source": Path(path).name})  # the name, not the path: the same file is the same data
                 for q_idx, qa in enumerate(_list(para, "qas", p_where, required=False)):
                     q_where = f"{p_where}.qas[{q_idx}]"
                     _object(qa, q_where)

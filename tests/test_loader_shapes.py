@@ -439,3 +439,18 @@ def test_null_question_and_empty_answer_list_are_validation_rules(tmp_path):
     examples = {f.rule: f.examples for f in report.failures}
     assert examples["question is present (not null)"] == ["qa_id=q1: question=None"]
     assert examples["answer list is not empty"] == ["qa_id=q2: no accepted answer ([])"]
+
+
+def test_a_squad_file_read_from_another_path_is_the_same_data(tmp_path, monkeypatch):
+    from tasks.data_loading import fingerprint_documents, fingerprint_qa
+
+    payload = {"data": [{"title": "T", "paragraphs": [{"context": "Oslo is in Norway.", "qas": [
+        {"id": "q1", "question": "Where is Oslo?", "answers": [{"text": "Norway", "answer_start": 11}]}]}]}]}
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "set.json").write_text(json.dumps(payload))
+    monkeypatch.chdir(tmp_path)
+    loaded = [load_dataset(DataConfig(path=p)) for p in (tmp_path / "a" / "set.json", Path("a/set.json"),
+                                                         tmp_path / "b" / "set.json")]
+    assert len({fingerprint_documents(d.documents) for d in loaded}) == 1  # the index and adapters are reused
+    assert len({fingerprint_qa(d.qa) for d in loaded}) == 1
