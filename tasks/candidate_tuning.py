@@ -29,6 +29,7 @@ from tasks.evaluation import evaluate_system
 from tasks.finetuning import RUNTIME_ONLY_KEYS, FinetuneResult, train_adapter
 from tasks.indexing import IndexBuild, build_index
 from tasks.models import weights_key
+from tasks.reranking import reranker_identity
 from tasks.settings import PipelineConfig
 from tasks.training import TrainState
 from tasks.tune_settings import FinetuneSpace
@@ -119,7 +120,8 @@ def candidate_study_name(cfg: PipelineConfig, data: TuningData, name: str, base_
         "finetune": cfg.finetune.for_mode(mode).model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS | {"by_mode"}),
         "generation": cfg.generation.model_dump(mode="json"), "evaluation": cfg.evaluation.model_dump(mode="json"),
         "objective": cfg.champion.objective, "space": cfg.tune.finetune.model_dump(mode="json"), "seed": cfg.seed,
-        "answer_type": cfg.data.answer_type, "labels": cfg.data.labels}, sort_keys=True, default=str)
+        "answer_type": cfg.data.answer_type, "labels": cfg.data.labels,
+        **(reranker_identity(cfg.index) if with_passages or get(name).retrieves else {})}, sort_keys=True, default=str)
     return f"{cfg.mlflow.experiment}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 

@@ -178,7 +178,9 @@ def study_name(cfg: PipelineConfig, data: TuningData, kind: str = "retrieval") -
     """Names a study by what its trials are measured on, so a rerun resumes it and changed data starts afresh."""
     key = json.dumps({"docs": fingerprint_documents(data.documents), "validation": fingerprint_qa(data.validation),
                       "embedding": weights_key(str(embedding_model_dir(cfg.index))), "metric": cfg.tune.metric,
-                      "space": cfg.tune.retrieval.model_dump(mode="json"), "passages": passage_budget(cfg),
+                      "space": cfg.tune.retrieval.model_dump(
+                          mode="json", exclude=None if cfg.index.retrieval.rerank else {"rerank"}),
+                      "passages": passage_budget(cfg),
                       "relevance": by_answer(cfg),
                       "faiss": cfg.index.faiss.model_dump(mode="json"),
                       "lexical": cfg.index.retrieval.lexical.model_dump(mode="json"),
