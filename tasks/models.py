@@ -198,4 +198,15 @@ def load_causal_lm(model_dir: str, adapter_dir: str | Path | None = None, dtype:
 
         model = model.to(getattr(torch, dtype))
     model.eval()
+    model.get_output_embeddings().register_forward_pre_hook(_dense_head_input)
     return tokenizer, model
+
+
+def _dense_head_input(_module, args: tuple) -> tuple:
+    """The output head's input with standard strides: at a prefill, generation hands the head the last position of
+    each row, a strided view; for such an input and a weight that needs no gradient (a merged adapter's), torch's
+    matmul does not fold the batch into one matrix product but copies the whole vocabulary matrix once per row
+    (measured: a 10-token prefill 90 vs 40 ms on SmolLM2, 730 vs 51 ms on Gemma 3 270M, whose matrix is 5x larger).
+    Copying the few hidden states is negligible."""
+    hidden, *rest = args
+    return (hidden.new_empty(hidden.shape).copy_(hidden), *rest)
