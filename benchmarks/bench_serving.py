@@ -9,10 +9,11 @@ tokenisation are included, to the first generated token); decode tokens/s counts
 first over the time after it.
 
 Baseline, in the same process: the same champion in float32 without the shared-prefix KV cache (how it
-was served before). Ours: the configured `generation.dtype` (auto: bfloat16 on CPUs with bf16
-instructions) with the prefix cache (tasks.prefix_cache). Quality: answers differing and the F1 difference
-(ours - baseline) with its paired bootstrap interval over the same questions, and for each side how many
-one-at-a-time answers differ from the evaluation's batched ones (padding changes the arithmetic).
+was served before). Then the configured `generation.dtype` (auto: bfloat16 on CPUs with bf16
+instructions) with the prefix cache (tasks.prefix_cache), and int8 linear layers with the prefix cache
+(`generation.dtype: int8`) unless that is the configured one. Quality: answers differing from the baseline's
+and the F1 difference with its paired bootstrap interval over the same questions, and for each system how
+many one-at-a-time answers differ from the evaluation's batched ones (padding changes the arithmetic).
 
     .venv/bin/python benchmarks/bench_serving.py
     .venv/bin/python benchmarks/bench_serving.py --questions 24 --threads 2
@@ -52,14 +53,16 @@ def one_at_a_time(answerer: Answerer, questions: list[str]) -> list[Answer]:
     return [answerer.answer([q], batch_size=1)[0] for q in questions]
 
 
-def float32_baseline(answerer: Answerer) -> Answerer:
-    """The same system (weights, adapter, retriever, settings) in float32, every prompt prefilled whole."""
+def variant(answerer: Answerer, dtype: str, prefix_cache: bool) -> Answerer:
+    """The same system (weights, adapter, retriever, settings) in another dtype, optionally prefilling every
+    prompt whole."""
     from tasks.prefix_cache import PrefixCache
 
-    baseline = Answerer(answerer.model_dir, answerer.gen_cfg.model_copy(update={"dtype": "float32"}),
-                        answerer.adapter_dir, answerer.retriever, answerer.top_k, answerer.answer_type, answerer.labels)
-    baseline._prefix = PrefixCache(baseline.model, [])
-    return baseline
+    other = Answerer(answerer.model_dir, answerer.gen_cfg.model_copy(update={"dtype": dtype}), answerer.adapter_dir,
+                     answerer.retriever, answerer.top_k, answerer.answer_type, answerer.labels)
+    if not prefix_cache:
+        other._prefix = PrefixCache(other.model, [])
+    return other
 
 
 def decode_tokens_per_s(answers: list[Answer]) -> float:
@@ -99,15 +102,16 @@ def main() -> None:
     test = load_dataset(cfg.data).split("test").head(args.questions)
     questions, golds = test["question"].tolist(), [list(g) for g in test["answer"]]
 
-    ours = one_at_a_time(answerer, questions)
-    ours_batched = answerer.answer(questions)
-    ours_label = f"{cfg.generation.dtype} + prefix cache (ours)"
-    baseline_answerer = float32_baseline(answerer)
-    baseline = one_at_a_time(baseline_answerer, questions)
-    baseline_batched = baseline_answerer.answer(questions)
-    ours_f1 = [f1(a.text, g) for a, g in zip(ours, golds, strict=True)]
-    base_f1 = [f1(a.text, g) for a, g in zip(baseline, golds, strict=True)]
-    reference = float(np.percentile([a.ttft_ms for a in baseline], 50))
+    baseline_answerer = variant(answerer, "float32", prefix_cache=False)
+    systems = [("float32, whole prompt (baseline)", baseline_answerer),
+               (f"{cfg.generation.dtype} + prefix cache (configured)", answerer)]
+    if cfg.generation.dtype != "int8":
+        systems.append(("int8 + prefix cache", variant(answerer, "int8", prefix_cache=True)))
+    single = {label: one_at_a_time(system, questions) for label, system in systems}
+    batched = {label: system.answer(questions) for label, system in systems}
+    scores = {label: [f1(a.text, g) for a, g in zip(answers, golds, strict=True)] for label, answers in single.items()}
+    baseline_label = systems[0][0]
+    reference = float(np.percentile([a.ttft_ms for a in single[baseline_label]], 50))
 
     table = Table(title=f"Champion {cfg.champion.model_name} v{loaded.version.version} ({loaded.candidate}): "
                         f"{len(questions)} questions one at a time, torch threads {torch.get_num_threads()} of "
@@ -115,20 +119,24 @@ def main() -> None:
     for col in ("model", "TTFT p50 ms", "TTFT p95 ms", "retrieval p50 ms", "prompt tokens p50", "decode tokens/s",
                 "answer p50 ms", "F1", "TTFT speed-up"):
         table.add_column(col, justify="right")
-    table.add_row(*row("float32, whole prompt (baseline)", baseline, base_f1, None))
-    table.add_row(*row(ours_label, ours, ours_f1, reference))
+    for label, _ in systems:
+        table.add_row(*row(label, single[label], scores[label], None if label == baseline_label else reference))
     console.print(table)
-    differing = sum(a.text != b.text for a, b in zip(baseline, ours, strict=True))
-    delta = paired_bootstrap(ours_f1, base_f1, cfg.evaluation.bootstrap_samples, cfg.seed, 0.05)
-    console.print(f"answers differing: {differing} of {len(questions)}; "
-                  f"F1 ours - baseline {delta.mean_difference:+.3f} [{delta.ci_low:+.3f}, {delta.ci_high:+.3f}] "
-                  "(paired bootstrap, 95%)")
-    for label, single, batched in (("baseline", baseline, baseline_batched), ("ours", ours, ours_batched)):
-        moved = sum(a.text != b.text for a, b in zip(single, batched, strict=True))
+    for label, _ in systems[1:]:
+        differing = sum(a.text != b.text for a, b in zip(single[baseline_label], single[label], strict=True))
+        delta = paired_bootstrap(scores[label], scores[baseline_label], cfg.evaluation.bootstrap_samples, cfg.seed,
+                                 0.05)
+        console.print(f"{label}: {differing} of {len(questions)} answers differ from the baseline's; F1 difference "
+                      f"{delta.mean_difference:+.3f} [{delta.ci_low:+.3f}, {delta.ci_high:+.3f}] "
+                      "(paired bootstrap, 95%)")
+    for label, _ in systems:
+        moved = sum(a.text != b.text for a, b in zip(single[label], batched[label], strict=True))
         console.print(f"{label}: {moved} of {len(questions)} one-at-a-time answers differ from the evaluation's "
                       f"batched answers (batch {cfg.generation.batch_size}, left padding)")
-    p50 = float(np.percentile([a.ttft_ms for a in ours], 50))
-    console.print(f"TTFT p50 {p50:.0f} ms: goal <= {GOAL_MS:.0f} ms {'met' if p50 <= GOAL_MS else 'NOT met'}")
+    for label, _ in systems[1:]:
+        p50 = float(np.percentile([a.ttft_ms for a in single[label]], 50))
+        verdict = "met" if p50 <= GOAL_MS else "NOT met"
+        console.print(f"{label}: TTFT p50 {p50:.0f} ms, goal <= {GOAL_MS:.0f} ms {verdict}")
 
 
 if __name__ == "__main__":

@@ -183,12 +183,15 @@ class GenerationConfig(Strict):
         True, description="Label answers: divide each label's probability by its probability after content-free "
         "inputs, so a small model's preference for one label does not decide every answer.")
     batch_size: int = Field(8, ge=1)
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto", validate_default=True,
         description="Weights and activations of the answering SLM in evaluation and serving alike, so the "
         "served champion is the one measured. bfloat16 prefills ~1.7x faster on CPUs with bf16 instructions "
         "(AVX512_BF16, AMX) and changes few answers (README, Serving); on other CPUs torch emulates it, slower "
-        "than float32. auto: bfloat16 where the CPU has them, else float32 (resolved at load, logged as a param).")
+        "than float32. int8: every linear layer's weights in int8 (a scale per output channel), its input "
+        "quantised per token on each call, the rest float32 (tasks.int8_linear): the fastest on CPUs with "
+        "AVX-512 VNNI, and it changes more answers than bfloat16 (README, Serving). "
+        "auto: bfloat16 where the CPU has bf16 instructions, else float32 (resolved at load, logged as a param).")
     stop: list[str] = Field(
         default_factory=list, description="Stop strings: generation of an answer ends at the first one, "
         "and the answer is cut there."

@@ -28,7 +28,7 @@ def test_auto_dtype_resolves_at_load_to_what_the_cpu_multiplies_natively(tmp_pat
     assert GenerationConfig().dtype == ("bfloat16" if native_bf16() else "float32")
     assert GenerationConfig(dtype="float32").dtype == "float32"
     config = tmp_path / "bad.yaml"
-    config.write_text("generation: {dtype: int8}\n")
+    config.write_text("generation: {dtype: float16}\n")
     with pytest.raises(ConfigError, match="generation.dtype"):
         load_config(config)
 
@@ -38,6 +38,43 @@ def test_bfloat16_answerer_holds_bfloat16_weights_and_answers(tiny_model_dir):
     assert {p.dtype for p in answerer.model.parameters()} == {torch.bfloat16}
     answers = answerer.answer(QUESTIONS[:2])
     assert all(a.new_tokens >= 1 and a.ttft_ms > 0 for a in answers)
+
+
+def test_int8_answerer_quantises_every_linear_layer_per_channel_and_answers_close_to_float32(tiny_model_dir):
+    from tasks.int8_linear import Int8Linear
+
+    answerer = Answerer(tiny_model_dir, FP32.model_copy(update={"dtype": "int8"}))
+    exact = Answerer(tiny_model_dir, FP32)
+    assert not [m for m in answerer.model.modules() if type(m) is torch.nn.Linear]
+    quantised = [m for m in answerer.model.modules() if isinstance(m, Int8Linear)]
+    assert len(quantised) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the output head
+    assert {m.weight_int8.dtype for m in quantised} == {torch.int8}
+    input_ids = torch.randint(5, answerer.model.config.vocab_size, (2, 9))
+    with torch.inference_mode():
+        approx, reference = answerer.model(input_ids).logits, exact.model(input_ids).logits
+    error = (approx - reference).abs().mean()
+    assert 0 < error < 0.1 * reference.abs().mean()  # rounded, not broken
+    answers = answerer.answer(QUESTIONS[:2])
+    assert all(a.new_tokens >= 1 and a.ttft_ms > 0 for a in answers)
+    single = [answerer.answer([q], batch_size=1)[0] for q in QUESTIONS[:2]]  # through the prefix cache
+    assert all(a.new_tokens >= 1 for a in single)
+
+
+def test_int8_linear_quantises_each_token_on_its_own():
+    """A token's result does not depend on the other tokens of the batch (one scale per token, not per call),
+    and matches float32 to the int8 rounding."""
+    from tasks.int8_linear import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    layer = Int8Linear(linear)
+    quiet, loud = torch.randn(1, 64), torch.randn(1, 64) * 1000
+    alone, beside_outlier = layer(quiet), layer(torch.cat([quiet, loud]))[:1]
+    assert torch.equal(alone, beside_outlier)
+    exact = linear(quiet)
+    assert (alone - exact).abs().max() < 0.02 * exact.abs().max()
+    batch = torch.randn(2, 5, 64)
+    assert layer(batch).shape == (2, 5, 48) and layer(batch[:, -1:, :]).shape == (2, 1, 48)
 
 
 @pytest.mark.parametrize("passages", [None, 2])
