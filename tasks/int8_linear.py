@@ -45,12 +45,9 @@ class Int8Linear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel x per token"
 
 
-def quantize_linear_layers(model: torch.nn.Module) -> int:
-    """Replace every nn.Linear (the output head included) by an Int8Linear in place; how many were replaced."""
-    replaced = 0
+def quantize_linear_layers(model: torch.nn.Module) -> None:
+    """Replace every nn.Linear (the output head included) by an Int8Linear in place."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(module, name, Int8Linear(child))
-                replaced += 1
-    return replaced
