@@ -33,11 +33,12 @@ enable_offline_mode()
 from tasks.answering import Answerer, answerer_for, retrieve  # noqa: E402
 from tasks.candidates import CANDIDATES  # noqa: E402
 from tasks.data_loading import load_dataset  # noqa: E402
-from tasks.evaluation import evaluation_questions  # noqa: E402
+from tasks.errors import MissingArtifactError  # noqa: E402
+from tasks.evaluation import evaluation_questions, ragas_rows  # noqa: E402
+from tasks.indexing import current_index_dir  # noqa: E402
 from tasks.latency import measure_latency  # noqa: E402
 from tasks.metrics import ragas_scores  # noqa: E402
 from tasks.models import embedding_model_dir, resolve_model_dir  # noqa: E402
-from tasks.prompts import build_messages, render_prompt  # noqa: E402
 from tasks.retrieval import Retriever  # noqa: E402
 from tasks.settings import PipelineConfig, load_config  # noqa: E402
 
@@ -52,18 +53,9 @@ def last_adapter(cfg: PipelineConfig, mode: str) -> str:
     return str(trained[-1].parent)
 
 
-def current_index(cfg: PipelineConfig) -> Path:
-    current = Path(cfg.index.root) / "CURRENT"
-    if not current.is_file():
-        sys.exit(f"no index under {cfg.index.root}: run `make demo` (or `ragtune run`) first")
-    return Path(cfg.index.root) / current.read_text().strip()
-
-
 def prompt_lengths(answerer: Answerer, questions: list[str]) -> list[int]:
     hits, _ = retrieve(answerer.retriever, questions, answerer.top_k)
-    prompts = [render_prompt(answerer.tokenizer, build_messages(q, [h.text for h in hs] if answerer.retriever
-                                                                else None, answerer.gen_cfg))
-               for q, hs in zip(questions, hits, strict=True)]
+    prompts = answerer.prompts(questions, hits)
     return [len(ids) for ids in answerer.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
@@ -89,17 +81,14 @@ def measure(name: str, cfg: PipelineConfig, base_dir: str, test: pd.DataFrame, d
     candidate = CANDIDATES[name]
     questions = test["question"].tolist()
     adapter = last_adapter(cfg, candidate.adapter) if candidate.adapter else None
-    retriever = Retriever(current_index(cfg), cfg.index) if candidate.retrieves else None
+    retriever = Retriever(current_index_dir(cfg.index), cfg.index) if candidate.retrieves else None
     watch = Stopwatch()
     answerer = answerer_for(candidate, cfg, base_dir, adapter, retriever)
     parts = {"load": watch.lap()}
     answers = answerer.answer(questions)
     parts["batched"] = watch.lap()
     if cfg.evaluation.ragas:
-        ragas_scores([{"user_input": q.question, "response": a.text, "reference": q.answer[0],
-                       "retrieved_contexts": [h.text for h in a.passages], "reference_contexts": [doc_text[q.doc_id]]}
-                      for a, q in zip(answers, test.itertuples(index=False), strict=True)],
-                     embedding_model_dir(cfg.index))
+        ragas_scores(ragas_rows(answers, test, doc_text), embedding_model_dir(cfg.index))
     parts["ragas"] = watch.lap()
     measure_latency(answerer, questions[:cfg.evaluation.latency_sample], cfg.evaluation.disturbed_cores)
     parts["latency"] = watch.lap()
@@ -130,7 +119,10 @@ def main() -> None:
         table.add_column(col, justify="right")
     totals = dict.fromkeys(("load", "batched", "ragas", "latency"), 0.0)
     for name in args.candidates or cfg.evaluation.candidates:
-        result = measure(name, cfg, base_dir, test, dataset.doc_text())
+        try:
+            result = measure(name, cfg, base_dir, test, dataset.doc_text())
+        except MissingArtifactError as err:
+            sys.exit(f"{err}; run `make demo` (or `ragtune run`) first")
         parts = result["parts"]
         for part, seconds in parts.items():
             totals[part] += seconds

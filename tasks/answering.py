@@ -185,12 +185,16 @@ class Answerer:
             answers += self._answer_batch(questions[start:start + batch_size])
         return answers
 
+    def prompts(self, questions: list[str], hits: list[list[Hit]]) -> list[str]:
+        """Each question's prompt as the model reads it, with its retrieved passages when this system retrieves."""
+        return [render_prompt(self.tokenizer, build_messages(q, [h.text for h in hs] if self.retriever else None,
+                                                             self.gen_cfg))
+                for q, hs in zip(questions, hits, strict=True)]
+
     def _answer_batch(self, chunk: list[str]) -> list[Answer]:
         t0 = time.perf_counter()
         hits, retrieval_s = retrieve(self.retriever, chunk, self.top_k)
-        prompts = [render_prompt(self.tokenizer, build_messages(q, [h.text for h in hs] if self.retriever else None,
-                                                                self.gen_cfg))
-                   for q, hs in zip(chunk, hits, strict=True)]
+        prompts = self.prompts(chunk, hits)
         if self.labels:
             return self._choose_labels(chunk, hits, prompts, t0, retrieval_s)
         texts, prompt_tokens, clock = self._generate(prompts)

@@ -131,6 +131,14 @@ def _label_metrics(table: pd.DataFrame, labels: list[str], cfg: EvaluationConfig
             confusion_matrix(preds, golds, labels))
 
 
+def ragas_rows(answers: list[Answer], qa: pd.DataFrame, doc_text: dict[str, str]) -> list[dict]:
+    """The rows ragas scores (tasks.metrics.ragas_scores): each answer with its question, reference answer,
+    retrieved passages and gold document."""
+    return [{"user_input": q.question, "response": a.text, "reference": q.answer[0],
+             "retrieved_contexts": [h.text for h in a.passages], "reference_contexts": [doc_text[q.doc_id]]}
+            for a, q in zip(answers, qa.itertuples(index=False), strict=True)]
+
+
 def evaluate_candidate(name: str, answerer: AnswerSource, qa: pd.DataFrame, doc_text: dict[str, str],
                        cfg: EvaluationConfig, embedding_dir: Path, seed: int, answer_type: str = "span",
                        labels: list[str] | None = None) -> CandidateReport:
@@ -141,10 +149,7 @@ def evaluate_candidate(name: str, answerer: AnswerSource, qa: pd.DataFrame, doc_
     table = _per_question(answers, qa, doc_text, retrieval, answerer.top_k, cfg.support_threshold)
     extra, confusion = (_label_metrics(table, labels, cfg, seed) if answer_type == "label" and labels
                         else ({}, None))
-    rows = [{
-        "user_input": q.question, "response": a.text, "reference": q.answer[0],
-        "retrieved_contexts": [h.text for h in a.passages], "reference_contexts": [doc_text[q.doc_id]],
-    } for a, q in zip(answers, qa.itertuples(index=False), strict=True)]
+    rows = ragas_rows(answers, qa, doc_text)
     if cfg.ragas:
         for metric, values in ragas_scores(rows, embedding_dir).items():
             table[metric] = values
