@@ -100,13 +100,15 @@ def write_record(record: RequestRecord) -> str:
     return span.trace_id
 
 
-def is_complete(trace_id: str) -> bool:
-    """Whether the store holds the trace with its spans (MLflow logs a failed write and carries on)."""
+def is_complete(trace_id: str, request_id: str) -> bool:
+    """Whether the store holds the trace with its spans and its tags. MLflow logs a failed write and carries
+    on, and it writes a trace in two steps (spans first, then the trace's info with the tags), so spans alone
+    do not prove the record is there."""
     try:
         trace = MlflowClient().get_trace(trace_id)
     except MlflowException:
         return False
-    return trace is not None and bool(trace.data.spans)
+    return trace is not None and bool(trace.data.spans) and trace.info.tags.get(REQUEST_ID) == request_id
 
 
 def discard_trace(experiment_id: str, trace_id: str) -> None:
@@ -144,14 +146,17 @@ def _assessment(trace, name: str):
 
 
 def load_requests(experiment_id: str, since_ms: int | None = None, max_results: int = 100_000) -> pd.DataFrame:
-    """The recorded requests (tasks.ab_report's input): one row per trace, feedback joined."""
+    """The recorded requests (tasks.ab_report's input): one row per trace, feedback joined.
+
+    A trace without the request tags is left out: it is either not a gateway request or one still being
+    written (its spans are in the store a moment before its tags); the next read sees it whole."""
     where = f"trace.timestamp_ms > {since_ms}" if since_ms else None
     traces = mlflow.search_traces(locations=[experiment_id], filter_string=where, max_results=max_results,
                                   return_type="list", include_spans=True)
     rows, seen = [], set()
     for trace in traces:  # pages are read while the gateway writes: a trace may come twice
-        request_id = trace.info.tags.get(REQUEST_ID, trace.info.trace_id)
-        if request_id in seen:
+        request_id, variant = trace.info.tags.get(REQUEST_ID), trace.info.tags.get("variant")
+        if request_id is None or variant is None or request_id in seen:
             continue
         seen.add(request_id)
         root = trace.data.spans[0]
@@ -159,7 +164,7 @@ def load_requests(experiment_id: str, since_ms: int | None = None, max_results: 
         rating, correct = _assessment(trace, RATING), _assessment(trace, CORRECT_ANSWER)
         rows.append({
             "request_id": request_id, "timestamp_ms": trace.info.request_time,
-            "variant": tags.get("variant"), "model_version": tags.get("model_version"),
+            "variant": variant, "model_version": tags.get("model_version"),
             "shadow": tags.get("shadow") == "true", "question": (root.inputs or {}).get("question"),
             "answer": (root.outputs or {}).get("answer"), "sources": (root.outputs or {}).get("sources") or [],
             "latency_ms": attributes.get("latency_ms", math.nan),

@@ -123,7 +123,7 @@ class RequestWriter:
                 if replayed and request_log.find_trace(record.experiment_id, record.request_id):
                     return True
                 trace_id = request_log.write_record(record)
-                if request_log.is_complete(trace_id):
+                if request_log.is_complete(trace_id, record.request_id):
                     return True
                 problem = "the store does not hold it after the write"
             except Exception as err:  # noqa: BLE001 - any store failure is retried; the record must not be lost

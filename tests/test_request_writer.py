@@ -50,7 +50,8 @@ def test_records_survive_a_store_outage_and_a_killed_gateway_exactly_once(tmp_pa
     assert first.close(timeout=1) == 4  # a gateway that stops while the store is down leaves them in the outbox
 
     with mlflow_server(backend, tmp_path / "artifacts", tmp_path / "server-2.log", port):
-        assert request_log.is_complete(request_log.write_record(records[0]))  # as if written just before a kill
+        early = records[0]  # as if written just before a kill
+        assert request_log.is_complete(request_log.write_record(early), early.request_id)
         second = RequestWriter(outbox, max_waiting=100)
         assert second.replayed == 4
         later = _record(experiment_id, 9)
