@@ -102,11 +102,16 @@ def encode_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_len
     return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
 
 
-def collate(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its own longest sequence."""
+def padded_width(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple`."""
+    return -(-length // multiple) * multiple
+
+
+def collate(encoded: list[Encoded], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its own longest sequence, rounded up to a multiple of `multiple`."""
     import torch
 
-    width = max(len(ids) for ids, _ in encoded)
+    width = padded_width(max(len(ids) for ids, _ in encoded), multiple)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)

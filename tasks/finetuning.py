@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 # Config keys that change where or how often things are written, never the trained weights.
 RUNTIME_ONLY_KEYS = {"output_root", "threads", "checkpoint_every_steps", "resume", "gpu"}
+RUNTIME_CARRIED_KEYS = {"dtype", "pad_to_multiple_of"}  # in an adapter's key through Runtime.identity()
 PROMPT_KEYS = {"system_prompt", "context_instruction"}  # the generation settings that shape training prompts
 
 
@@ -66,6 +67,7 @@ class FinetuneResult:
     resumed_from_step: int = 0
     model_load_seconds: float = float("nan")
     device: str = "cpu"
+    dtype: str = "float32"  # of the frozen base weights on CPU; the autocast dtype on CUDA
     batch_size: int = 0
     micro_batch_tokens: int = 0  # padded tokens per micro-batch under finetune.memory_budget_gb (0: whole batches)
     checkpointing: bool = False  # activation checkpointing (only when one example did not fit the budget otherwise)
@@ -98,11 +100,11 @@ def adapter_key(mode: Mode, base_model_dir: str, qa_fingerprint: str, retrieval:
     before they existed are still found."""
     payload = json.dumps({"mode": mode, "base": weights_key(base_model_dir), "fp": qa_fingerprint,
                           "index": retrieval,
-                          "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS | {"by_mode"} | (
-                              set() if ADAPTER_MODES[mode].with_passages else {"raft"}) | (
+                          "cfg": cfg.model_dump(mode="json", exclude=RUNTIME_ONLY_KEYS | RUNTIME_CARRIED_KEYS | (
+                              {"by_mode"}) | (set() if ADAPTER_MODES[mode].with_passages else {"raft"}) | (
                               set() if cfg.eval_every_steps else {"eval_every_steps"})),
                           "gen": gen_cfg.model_dump(mode="json", include=PROMPT_KEYS), "seed": seed,
-                          "runtime": asdict(runtime)},
+                          "runtime": runtime.identity()},
                          sort_keys=True)
     return f"{mode}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
@@ -173,7 +175,7 @@ def _train(mode: Mode, key: str, base_model_dir: str, train_qa: pd.DataFrame, ev
         gold_rate=(sum(e.has_gold for e in train_examples) / len(train_examples)) if with_passages else float("nan"),
         eval_steps=state.eval_steps, eval_losses=state.eval_losses, best_step=state.best_step,
         stopped_early=state.stopped_early, resumed_from_step=state.resumed_from_step,
-        model_load_seconds=load_seconds, device=runtime.device, batch_size=runtime.batch_size,
+        model_load_seconds=load_seconds, device=runtime.device, dtype=runtime.dtype, batch_size=runtime.batch_size,
         micro_batch_tokens=state.micro_batch_tokens, checkpointing=state.checkpointing,
     )
     _save_adapter(model, result, out_dir)
@@ -207,7 +209,8 @@ def finetune_record(result: FinetuneResult, cfg: FinetuneConfig, fingerprint: st
         tags={"mode": result.mode, "adapter": Path(result.adapter_dir).name, "reused": str(result.reused),
               "fetched": str(result.fetched),
               "data_fingerprint": fingerprint, "base_model": base_model, "device": result.device,
-              "stopped_early": str(result.stopped_early), "resumed_from_step": str(result.resumed_from_step)},
+              "dtype": result.dtype, "stopped_early": str(result.stopped_early),
+              "resumed_from_step": str(result.resumed_from_step)},
         params={"mode": result.mode, "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "epochs": cfg.epochs,
                 "max_steps": cfg.max_steps, "batch_size": result.batch_size, "learning_rate": cfg.learning_rate,
                 "raft_top_k": cfg.raft.top_k, "raft_gold_probability": cfg.raft.gold_probability,
@@ -246,7 +249,7 @@ def _micro_batches(result: FinetuneResult) -> str:
 def finetune_summary(result: FinetuneResult) -> str:
     how = "fetched from the shared store" if result.fetched else "reused" if result.reused else "trained"
     waited = f" after waiting {result.waited_s:.0f} s for another run" if result.waited_s >= 1 else ""
-    return (f"finetune[{result.mode}] {how}{waited} on {result.device}: "
+    return (f"finetune[{result.mode}] {how}{waited} on {result.device} ({result.dtype}): "
             f"{result.steps} steps{_micro_batches(result)}, {result.tokens_per_second:.0f} tokens/s, "
             f"best eval loss {result.eval_loss:.3f} "
             f"(step {result.best_step}), perplexity {result.perplexity:.2f}"

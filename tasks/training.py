@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.atomic import atomic_directory, clear_staging
-from tasks.finetune_data import IGNORE, Encoded, collate, length_grouped_batches
+from tasks.finetune_data import IGNORE, Encoded, collate, length_grouped_batches, padded_width
 from tasks.finetune_settings import FinetuneConfig, LoraConfig
 from tasks.memory_budget import MemoryPlan, plan_memory
 
@@ -33,11 +33,21 @@ CHECKPOINT_PREFIX = "step-"
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where a run trains: CPU in float32, or CUDA with an autocast dtype and the GPU batch size."""
+    """Where a run trains: CPU with the frozen base weights in float32 or bfloat16 (LoRA weights, gradients and
+    optimizer always float32), or CUDA with an autocast dtype and the GPU batch size."""
 
     device: str
     dtype: str
     batch_size: int
+    pad_to_multiple_of: int = 1  # sequence lengths rounded up to this in every batch
+
+    def identity(self) -> dict[str, object]:
+        """What of the runtime shapes an adapter's weights; padding only where it pads, so that adapters
+        trained before the setting existed keep their keys."""
+        fields = asdict(self)
+        if self.pad_to_multiple_of == 1:
+            del fields["pad_to_multiple_of"]
+        return fields
 
 
 @dataclass
@@ -63,11 +73,15 @@ class TrainState:
 
 
 def select_runtime(cfg: FinetuneConfig) -> Runtime:
-    """CUDA with the `gpu` settings when available and enabled; otherwise CPU float32 with `batch_size`."""
+    """CUDA with the `gpu` settings when available and enabled; otherwise the CPU in `dtype` with `batch_size`,
+    bfloat16 batches padded to `pad_to_multiple_of` (oneDNN builds and keeps bfloat16 kernels per shape: with a
+    shape per sequence length, memory grew step after step)."""
     import torch
 
     if cfg.gpu.enabled and torch.cuda.is_available():
         return Runtime("cuda", cfg.gpu.dtype, cfg.gpu.batch_size)
+    if cfg.dtype == "bfloat16":
+        return Runtime("cpu", "bfloat16", cfg.batch_size, cfg.pad_to_multiple_of)
     return Runtime("cpu", "float32", cfg.batch_size)
 
 
@@ -115,11 +129,12 @@ def memory_plan(model: torch.nn.Module, train_enc: list[Encoded], cfg: FinetuneC
     if runtime.device != "cpu" or cfg.memory_budget_gb is None or not train_enc:
         return None
     longest = max(train_enc, key=lambda e: len(e[0]))
+    multiple = runtime.pad_to_multiple_of
     rng = torch.get_rng_state()
     model.train()
     try:
-        plan = plan_memory(model, answer_loss, collate([longest], pad_id), cfg.memory_budget_gb, runtime.batch_size,
-                           len(longest[0]))
+        plan = plan_memory(model, answer_loss, collate([longest], pad_id, multiple), cfg.memory_budget_gb,
+                           runtime.batch_size, padded_width(len(longest[0]), multiple))
     finally:
         torch.set_rng_state(rng)
     if plan.checkpointing:
@@ -134,10 +149,11 @@ def accumulate_gradients(model: torch.nn.Module, rows: list[Encoded], plan: Memo
     loss. Each micro-batch's loss is weighted by its share of the batch's answer tokens, so the accumulated
     gradient is the whole batch's."""
     answer_tokens = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)
-    parts = plan.micro_batches([len(ids) for ids, _ in rows]) if plan else [slice(None)]
+    multiple = runtime.pad_to_multiple_of
+    parts = plan.micro_batches([padded_width(len(ids), multiple) for ids, _ in rows]) if plan else [slice(None)]
     total = 0.0
     for part in parts:
-        batch = {k: v.to(runtime.device) for k, v in collate(rows[part], pad_id).items()}
+        batch = {k: v.to(runtime.device) for k, v in collate(rows[part], pad_id, multiple).items()}
         with autocast(runtime):
             loss, n = answer_loss(model, batch)
         (loss * (n / answer_tokens)).backward()
@@ -157,7 +173,8 @@ def heldout_loss(model: torch.nn.Module, encoded: list[Encoded], batch_size: int
     model.eval()
     with torch.inference_mode(), autocast(runtime):
         for start in range(0, len(encoded), batch_size):
-            batch = {k: v.to(runtime.device) for k, v in collate(encoded[start:start + batch_size], pad_id).items()}
+            batch = {k: v.to(runtime.device) for k, v in collate(encoded[start:start + batch_size], pad_id,
+                                                                  runtime.pad_to_multiple_of).items()}
             loss, n = answer_loss(model, batch)
             total += float(loss) * n
             tokens += n
@@ -167,7 +184,9 @@ def heldout_loss(model: torch.nn.Module, encoded: list[Encoded], batch_size: int
 
 def prepare_model(base_model_dir: str, lora_cfg: LoraConfig, runtime: Runtime,
                   seed: int) -> tuple[PeftModel, float]:
-    """The base model with fresh LoRA layers (initialised from `seed`), and the base model's load seconds."""
+    """The base model with fresh LoRA layers (initialised from `seed`), and the base model's load seconds. On a
+    bfloat16 CPU runtime the frozen weights are cast to bfloat16; peft casts each LoRA layer's input to the
+    adapter's float32, so the trained weights, their gradients and the optimizer state stay float32."""
     import torch
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model
@@ -179,7 +198,12 @@ def prepare_model(base_model_dir: str, lora_cfg: LoraConfig, runtime: Runtime,
     torch.manual_seed(seed)
     lora = PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                           lora_dropout=lora_cfg.dropout, target_modules=lora_cfg.target_modules)
-    return get_peft_model(model, lora).to(runtime.device), load_seconds
+    model = get_peft_model(model, lora).to(runtime.device)
+    if runtime.device == "cpu" and runtime.dtype == "bfloat16":
+        for param in model.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    return model, load_seconds
 
 
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

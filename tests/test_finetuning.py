@@ -36,7 +36,9 @@ class Killed(RuntimeError):
 
 
 def _cfg(tmp_path, **kw) -> FinetuneConfig:
+    """The loop's behaviour in float32 on every CPU (bfloat16 training: tests/test_bf16_training.py)."""
     base = {"output_root": tmp_path / "adapters", "batch_size": 2, "learning_rate": 3e-2, "warmup_ratio": 0.0,
+            "dtype": "float32",
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}}
     return FinetuneConfig.model_validate({**base, **kw})
 
