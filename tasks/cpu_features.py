@@ -24,3 +24,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 def native_bf16(flags: frozenset[str] | None = None) -> bool:
     """Whether bfloat16 matrix products run in hardware; elsewhere torch emulates them, slower than float32."""
     return bool(BF16_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def auto_dtype() -> str:
+    """What `dtype: auto` means for training and answering: bfloat16 where it runs in hardware, else float32."""
+    return "bfloat16" if native_bf16() else "float32"

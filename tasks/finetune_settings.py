@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasks.candidates import Mode
 from tasks.config_base import Strict
-from tasks.cpu_features import native_bf16
+from tasks.cpu_features import auto_dtype
 
 # Training memory by dtype when `memory_budget_gb: auto`: bfloat16 holds half the weights and ~18% fewer
 # activation bytes per token, and reaches float32's speed at a smaller budget (README, Memory).
@@ -114,7 +114,7 @@ class FinetuneConfig(Strict):
             return data
         dtype = data.get("dtype", "auto")
         if dtype == "auto":
-            dtype = "bfloat16" if native_bf16() else "float32"
+            dtype = auto_dtype()
         budget = data.get("memory_budget_gb", "auto")
         return {**data, "dtype": dtype,
                 "memory_budget_gb": AUTO_MEMORY_BUDGET_GB.get(dtype, budget) if budget == "auto" else budget}

@@ -16,7 +16,7 @@ from tasks.ab_settings import ABConfig
 from tasks.candidates import CANDIDATES
 from tasks.config_base import ConfigError, Strict
 from tasks.config_errors import format_errors
-from tasks.cpu_features import native_bf16
+from tasks.cpu_features import auto_dtype
 from tasks.finetune_settings import FinetuneConfig
 from tasks.gateway_settings import GatewayConfig
 from tasks.index_settings import IndexConfig
@@ -214,7 +214,7 @@ class GenerationConfig(Strict):
     @classmethod
     def _resolve_dtype(cls, value: str) -> str:
         if value == "auto":
-            return "bfloat16" if native_bf16() else "float32"
+            return auto_dtype()
         return value
 
 
