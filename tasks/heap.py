@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import re
 from functools import lru_cache
+from pathlib import Path
 
 import psutil
 
@@ -41,3 +43,19 @@ def return_freed_memory() -> None:
 def resident_bytes() -> int:
     """This process's resident set size now."""
     return psutil.Process().memory_info().rss
+
+
+def reset_peak_resident() -> bool:
+    """Start a new peak of this process's resident set (Linux: /proc/self/clear_refs); False where the kernel
+    cannot, and then `peak_resident_bytes` is not meaningful."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_resident_bytes() -> int:
+    """The highest resident set size since `reset_peak_resident` (the kernel's VmHWM, exact between samples)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024

@@ -3,12 +3,16 @@ checkpointing only when a single example does not fit without it.
 
 The activation memory per token is measured, not guessed: one forward pass on the longest training example
 (its last `PROBE_TOKENS` tokens) with autograd's saved-tensor hooks counts every byte the backward pass would
-keep (the model's own weights excluded), so the plan holds for any architecture and attention kernel. Each optimizer
-batch is then cut into micro-batches of at most `token_budget` padded tokens; their losses are weighted by
-their share of the batch's answer tokens, so the accumulated gradient is the full batch's. Between
-micro-batches, when the process holds more than it did at planning plus the activation room (pages the C
-allocator kept from earlier micro-batches of other shapes), the free pages are handed back: trimming after
-every micro-batch would hold the line too but re-faults those pages each time (159 instead of 174 tokens/s here).
+keep (the model's own weights excluded), so the plan holds for any architecture and attention kernel. With
+checkpointing the saved bytes say little: each layer's activations are recomputed and freed in turn, and the C
+allocator keeps the pages of those short-lived tensors (glibc's heap; a checkpointed step held 3-4x its live
+tensors here), so that plan is measured as the process's resident peak over one checkpointed forward and
+backward of the probe. Each optimizer batch is then cut into micro-batches of at most `token_budget` padded
+tokens; their losses are weighted by their share of the batch's answer tokens, so the accumulated gradient is
+the full batch's. Between micro-batches, when the process holds more than it did at planning plus the
+activation room (pages the C allocator kept from earlier micro-batches of other shapes), the free pages are
+handed back: trimming after every micro-batch would hold the line too but re-faults those pages each time (159
+instead of 174 tokens/s here).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.errors import UserError
-from tasks.heap import resident_bytes, trim_allocator
+from tasks.heap import peak_resident_bytes, reset_peak_resident, resident_bytes, trim_allocator
 
 if TYPE_CHECKING:
     import torch
@@ -100,18 +104,51 @@ def weights_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def _layers(model: torch.nn.Module) -> int:
+def set_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
+    """Switch activation checkpointing of the (LoRA-wrapped) model's layers on or off."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if enabled:
+        base.activation_checkpointing_enable()
+    else:
+        base.activation_checkpointing_disable()
+
+
+def step_peak_bytes(model: torch.nn.Module, loss_fn, batch: dict[str, torch.Tensor]) -> int | None:
+    """Resident bytes one forward and backward of `batch` adds at its peak, as the kernel counts them; None where
+    the kernel cannot say (not Linux). The gradients it leaves are dropped."""
+    trim_allocator()
+    before = resident_bytes()
+    if not reset_peak_resident():
+        return None
+    loss, _ = loss_fn(model, batch)
+    loss.backward()
+    peak = peak_resident_bytes()
+    del loss
+    model.zero_grad(set_to_none=True)
+    trim_allocator()
+    return max(peak - before, 0)
+
+
+def _checkpointed_bytes_per_token(model: torch.nn.Module, loss_fn, probe: dict[str, torch.Tensor],
+                                  per_token: float) -> float:
+    """Switches checkpointing on and measures a checkpointed step per token; where that cannot be measured,
+    the live-tensor estimate: one layer recomputed, every layer's input kept."""
+    set_checkpointing(model, True)
+    measured = step_peak_bytes(model, loss_fn, probe)
+    if measured is not None:
+        return measured / int(probe["input_ids"].numel())
     config = getattr(model, "config", None)
-    return int(getattr(config, "num_hidden_layers", 0) or getattr(getattr(config, "text_config", None),
-                                                                    "num_hidden_layers", 1) or 1)
+    layers = int(getattr(config, "num_hidden_layers", 0) or getattr(getattr(config, "text_config", None),
+                                                                      "num_hidden_layers", 1) or 1)
+    return per_token / layers + layers * (getattr(config, "hidden_size", 0) or 0) * 4
 
 
 def plan_memory(model: torch.nn.Module, loss_fn, probe: dict[str, torch.Tensor], budget_gb: float,
                 batch_size: int, max_length: int) -> MemoryPlan:
     """The plan for `model` (LoRA layers attached) given one probe batch of the longest example.
 
-    Without checkpointing when at least one full example fits; otherwise with it, where a forward keeps
-    only each layer's input and the backward recomputes one layer at a time (~1/layers of the activations).
+    Without checkpointing when at least one full example fits; otherwise with it (left switched on in the model),
+    where a forward keeps only each layer's input and the backward recomputes one layer at a time.
     """
     probe = {name: tensor[:, -PROBE_TOKENS:] for name, tensor in probe.items()}  # the answer is at the end
     tokens = int(probe["input_ids"].numel())
@@ -123,13 +160,12 @@ def plan_memory(model: torch.nn.Module, loss_fn, probe: dict[str, torch.Tensor],
     full = int(room // per_token) if room > 0 else 0
     if full >= max_length:
         return MemoryPlan(budget_gb, weights / GIB, per_token, min(full, batch_size * max_length), False, limit)
-    layers = _layers(model)
-    hidden = getattr(getattr(model, "config", None), "hidden_size", 0) or 0
-    per_token_ckpt = per_token / layers + layers * hidden * 4  # one layer recomputed, every layer's input kept
+    per_token_ckpt = _checkpointed_bytes_per_token(model, loss_fn, probe, per_token)
     recomputed = int(room // per_token_ckpt) if room > 0 else 0
     if recomputed >= max_length:
         return MemoryPlan(budget_gb, weights / GIB, per_token_ckpt, min(recomputed, batch_size * max_length), True,
                           limit)
+    set_checkpointing(model, False)
     need = (weights + per_token_ckpt * max_length) / GIB
     raise MemoryBudgetError(
         f"finetune.memory_budget_gb: {budget_gb:g} GB cannot hold this model's training (weights and optimizer "

@@ -119,8 +119,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 
 def memory_plan(model: torch.nn.Module, train_enc: list[Encoded], cfg: FinetuneConfig, runtime: Runtime,
                 pad_id: int) -> MemoryPlan | None:
-    """The plan that keeps a CPU run within `finetune.memory_budget_gb` (tasks.memory_budget), activation
-    checkpointing switched on if it needs it; None (whole batches) on a GPU or without a budget.
+    """The plan that keeps a CPU run within `finetune.memory_budget_gb` (tasks.memory_budget), which switches
+    activation checkpointing on if it needs it; None (whole batches) on a GPU or without a budget.
 
     The probe forward runs in train mode like the steps, under a saved and restored RNG state, so planning
     changes no dropout mask of the run."""
@@ -137,9 +137,6 @@ def memory_plan(model: torch.nn.Module, train_enc: list[Encoded], cfg: FinetuneC
                            runtime.batch_size, padded_width(len(longest[0]), multiple))
     finally:
         torch.set_rng_state(rng)
-    if plan.checkpointing:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.activation_checkpointing_enable()
     return plan
 
 

@@ -7,9 +7,10 @@ import weakref
 import pytest
 import torch
 
-from tasks import finetuning, training
+from tasks import finetuning, memory_budget, training
 from tasks.finetune_data import IGNORE, collate
 from tasks.finetune_settings import FinetuneConfig, LoraConfig
+from tasks.heap import reset_peak_resident
 from tasks.memory_budget import (
     BACKWARD_OVERHEAD,
     GIB,
@@ -17,6 +18,7 @@ from tasks.memory_budget import (
     MemoryPlan,
     plan_memory,
     saved_activation_bytes,
+    step_peak_bytes,
     weights_bytes,
 )
 from tasks.settings import GenerationConfig
@@ -82,7 +84,11 @@ def test_probe_counts_saved_activations_in_proportion_to_tokens(lora_model):
     assert weights_bytes(lora_model) > frozen  # weights, plus gradient and Adam state of the LoRA parameters
 
 
-def test_plan_checkpoints_only_when_one_example_does_not_fit_and_names_the_key_when_nothing_fits(lora_model):
+def test_plan_checkpoints_only_when_one_example_does_not_fit_and_names_the_key_when_nothing_fits(lora_model,
+                                                                                              monkeypatch):
+    """The plan's arithmetic, on the path of a kernel that cannot measure a step's peak (not Linux): checkpointing
+    is then planned from the live-tensor estimate."""
+    monkeypatch.setattr(memory_budget, "reset_peak_resident", lambda: False)
     probe = collate(_rows()[:1], 0)
     length = probe["input_ids"].shape[1]
     per_token = saved_activation_bytes(lora_model, training.answer_loss, probe) * BACKWARD_OVERHEAD / length
@@ -101,6 +107,66 @@ def test_plan_checkpoints_only_when_one_example_does_not_fit_and_names_the_key_w
 
     with pytest.raises(MemoryBudgetError, match=r"finetune\.memory_budget_gb.*finetune\.max_length"):
         plan_memory(lora_model, training.answer_loss, probe, weights / 2 / GIB, batch_size=4, max_length=length)
+
+
+LONG = 512  # tokens per example of the layered model below: long enough that activations dwarf the allocator's noise
+
+
+@pytest.fixture(scope="module")
+def layered_model_dir(tmp_path_factory) -> str:
+    """A 16-layer Llama (hidden 256) with random weights: activations of a few hundred MiB per example."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("layered-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=256, intermediate_size=768, num_hidden_layers=16,
+                                 num_attention_heads=8, num_key_value_heads=4,
+                                 max_position_embeddings=LONG)).save_pretrained(out)
+    return str(out)
+
+
+def _long_rows(count: int) -> list[tuple[list[int], list[int]]]:
+    rows = []
+    for r in range(count):
+        ids = [(7 * i + r) % 380 + 20 for i in range(LONG)]
+        rows.append((ids, [IGNORE] * (LONG - 16) + ids[-16:]))
+    return rows
+
+
+def _measures_peaks() -> bool:
+    return reset_peak_resident()
+
+
+@pytest.mark.skipif(not _measures_peaks(), reason="the kernel cannot reset this process's peak resident size")
+def test_a_checkpointed_plan_sizes_micro_batches_that_really_fit_the_budget(layered_model_dir):
+    """With checkpointing the allocator keeps the pages of every recomputed layer (a step here holds several times
+    its live tensors), so a plan from the live-tensor estimate put all four examples in one micro-batch, whose
+    step went far over the budget. The plan now measures a checkpointed step: its micro-batch fits."""
+    model, _ = training.prepare_model(layered_model_dir, LORA, CPU, seed=0)
+    model.train()
+    rows = _long_rows(4)
+    probe = collate(rows[:1], 0)
+    one_row = saved_activation_bytes(model, training.answer_loss, probe) * BACKWARD_OVERHEAD
+    budget_gb = (weights_bytes(model) + 0.95 * one_row) / GIB  # one example does not fit without checkpointing
+    plan = plan_memory(model, training.answer_loss, probe, budget_gb, batch_size=4, max_length=LONG)
+    assert plan.checkpointing and plan.token_budget >= LONG
+    first = plan.micro_batches([LONG] * 4)[0]
+    room = budget_gb * GIB - weights_bytes(model)
+    assert step_peak_bytes(model, training.answer_loss, collate(rows[first], 0)) <= room
+    loss = training.accumulate_gradients(model, rows, plan, 0, CPU)
+    assert loss > 0 and any(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.skipif(not _measures_peaks(), reason="the kernel cannot reset this process's peak resident size")
+def test_a_measured_step_grows_with_its_tokens_no_faster_than_in_proportion(layered_model_dir):
+    """The plan scales the probe's measured step to a micro-batch's tokens: that must not underestimate."""
+    model, _ = training.prepare_model(layered_model_dir, LORA, CPU, seed=0)
+    model.train()
+    memory_budget.set_checkpointing(model, True)
+    rows = _long_rows(4)
+    one, four = (step_peak_bytes(model, training.answer_loss, collate(rows[:n], 0)) for n in (1, 4))
+    assert 2 * one <= four <= 4.5 * one
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_training_under_a_tight_budget_learns_what_whole_batches_learn(tiny_model_dir, tmp_path):
