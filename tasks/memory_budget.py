@@ -5,7 +5,7 @@ The activation memory per token is measured, not guessed: one forward pass on th
 (its last `PROBE_TOKENS` tokens) with autograd's saved-tensor hooks counts every byte the backward pass would
 keep (the model's own weights excluded), so the plan holds for any architecture and attention kernel. With
 checkpointing the saved bytes say little: each layer's activations are recomputed and freed in turn, and the C
-allocator keeps the pages of those short-lived tensors (glibc's heap; a checkpointed step held 3-4x its live
+allocator keeps the pages of those short-lived tensors (glibc's heap; a checkpointed step held 3-8x its live
 tensors here), so that plan is measured as the process's resident peak over one checkpointed forward and
 backward of the probe. Each optimizer batch is then cut into micro-batches of at most `token_budget` padded
 tokens; their losses are weighted by their share of the batch's answer tokens, so the accumulated gradient is
@@ -131,16 +131,16 @@ def step_peak_bytes(model: torch.nn.Module, loss_fn, batch: dict[str, torch.Tens
 
 def _checkpointed_bytes_per_token(model: torch.nn.Module, loss_fn, probe: dict[str, torch.Tensor],
                                   per_token: float) -> float:
-    """Switches checkpointing on and measures a checkpointed step per token; where that cannot be measured,
-    the live-tensor estimate: one layer recomputed, every layer's input kept."""
-    set_checkpointing(model, True)
-    measured = step_peak_bytes(model, loss_fn, probe)
-    if measured is not None:
-        return measured / int(probe["input_ids"].numel())
+    """Switches checkpointing on; bytes per token of a checkpointed step: the live-tensor estimate (one layer
+    recomputed, every layer's input kept) or, where the kernel can measure it, the step's resident peak if
+    larger (it is, several times, under glibc)."""
     config = getattr(model, "config", None)
     layers = int(getattr(config, "num_hidden_layers", 0) or getattr(getattr(config, "text_config", None),
                                                                       "num_hidden_layers", 1) or 1)
-    return per_token / layers + layers * (getattr(config, "hidden_size", 0) or 0) * 4
+    estimate = per_token / layers + layers * (getattr(config, "hidden_size", 0) or 0) * 4
+    set_checkpointing(model, True)
+    measured = step_peak_bytes(model, loss_fn, probe)
+    return estimate if measured is None else max(estimate, measured / int(probe["input_ids"].numel()))
 
 
 def plan_memory(model: torch.nn.Module, loss_fn, probe: dict[str, torch.Tensor], budget_gb: float,
